@@ -1,0 +1,1 @@
+//! GGUF reading and writing, GGUF metadata to SMQ manifest, import and export.
