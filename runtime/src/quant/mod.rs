@@ -32,4 +32,16 @@ pub trait WeightBlock: Copy + Send + Sync + 'static {
     fn dequantize(&self, out: &mut [f32]);
     /// Scalar reference: dot product of one weight row with one quantized activation row.
     fn vec_dot_ref(w: &[Self], a: &[Self::Act]) -> f32;
+    /// The same dot product on `path` (which the caller has checked this CPU supports).
+    /// A path with no code of its own for this type runs the next lower one.
+    fn vec_dot(path: KernelPath, w: &[Self], a: &[Self::Act]) -> f32;
 }
+
+pub mod act;
+pub mod cpu;
+pub mod float;
+pub mod kquants;
+pub mod legacy;
+pub mod matmul;
+
+pub use cpu::KernelPath;
