@@ -1,13 +1,13 @@
 //! The ggml tensor type table: one row per type, the only place that knows how many
 //! bytes a block of each type takes. Everything that sizes tensor bytes goes through it.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A ggml tensor type, identified by its numeric id as written in GGUF files.
 ///
-/// The id is stored, not the Rust discriminant, so unknown ids survive a round trip
-/// through [`GgmlType::from_id`] as an error rather than a silent mapping.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Serialized as that id (a u32), never as a Rust variant index, so the manifest stores
+/// the same number GGUF does; an unknown id fails to deserialize.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum GgmlType {
     F32 = 0,
@@ -149,7 +149,22 @@ impl GgmlType {
             return None;
         }
         let row_bytes = (row_len / info.block_size).checked_mul(info.type_size)?;
-        rest.iter().try_fold(row_bytes, |acc, &d| acc.checked_mul(d))
+        rest.iter()
+            .try_fold(row_bytes, |acc, &d| acc.checked_mul(d))
+    }
+}
+
+impl Serialize for GgmlType {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u32(self.id())
+    }
+}
+
+impl<'de> Deserialize<'de> for GgmlType {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let id = u32::deserialize(deserializer)?;
+        GgmlType::from_id(id)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown ggml type id {id}")))
     }
 }
 

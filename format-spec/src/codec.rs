@@ -1,0 +1,64 @@
+//! How the manifest and metadata sections are encoded: bincode 2 (serde) with fixed-width
+//! little-endian integers, then zstd. SPEC.md §4 states these bytes exactly so that other
+//! languages can read SMQ without the bincode crate.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// Largest decoded size a reader accepts for one section (a bound against decompression
+/// bombs and lying headers; real manifests are a few MB).
+pub const MAX_SECTION_RAW_LEN: u64 = 1 << 30;
+
+/// zstd level used by the writer (any level decodes the same).
+const ZSTD_LEVEL: i32 = 3;
+
+type Config = bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Fixint,
+    bincode::config::Limit<{ MAX_SECTION_RAW_LEN as usize }>,
+>;
+
+fn config() -> Config {
+    bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding()
+        .with_limit::<{ MAX_SECTION_RAW_LEN as usize }>()
+}
+
+/// Encodes `value` and compresses it; returns (stored bytes, decoded length).
+pub fn encode_section<T: Serialize>(value: &T, what: &str) -> Result<(Vec<u8>, u64)> {
+    let raw = bincode::serde::encode_to_vec(value, config())
+        .map_err(|e| Error::Write(format!("encoding the {what}: {e}")))?;
+    let stored = zstd::bulk::compress(&raw, ZSTD_LEVEL)
+        .map_err(|e| Error::Write(format!("compressing the {what}: {e}")))?;
+    Ok((stored, raw.len() as u64))
+}
+
+/// Decompresses exactly `raw_len` bytes (refusing more) and decodes them, requiring that
+/// the encoding uses every byte.
+pub fn decode_section<T: DeserializeOwned>(stored: &[u8], raw_len: u64, what: &str) -> Result<T> {
+    if raw_len > MAX_SECTION_RAW_LEN {
+        return Err(Error::invalid(format!(
+            "{what} claims {raw_len} decoded bytes (limit {MAX_SECTION_RAW_LEN})"
+        )));
+    }
+    let raw = zstd::bulk::decompress(stored, raw_len as usize)
+        .map_err(|e| Error::invalid(format!("{what} does not decompress: {e}")))?;
+    if raw.len() as u64 != raw_len {
+        return Err(Error::invalid(format!(
+            "{what} decompresses to {} bytes, header says {raw_len}",
+            raw.len()
+        )));
+    }
+    let (value, used) = bincode::serde::decode_from_slice(&raw, config())
+        .map_err(|e| Error::invalid(format!("{what} does not decode: {e}")))?;
+    if used != raw.len() {
+        return Err(Error::invalid(format!(
+            "{what} has {} trailing bytes",
+            raw.len() - used
+        )));
+    }
+    Ok(value)
+}

@@ -1,0 +1,189 @@
+//! Opening an SMQ file: map it read-only, check every invariant of SPEC.md §6, and hand out
+//! tensor bytes straight from the map (zero copies).
+
+use std::fs::File;
+use std::path::Path;
+
+use memmap2::Mmap;
+use rayon::prelude::*;
+
+use crate::codec::decode_section;
+use crate::error::{Error, Result};
+use crate::header::{Header, Section, DATA_ALIGNMENT, HEADER_LEN};
+use crate::manifest::{Manifest, Metadata, TensorEntry};
+use crate::validate::validate_manifest;
+use crate::writer::hash_bytes;
+
+/// Maps a file read-only. SMQ files are immutable by contract (written once to a temp file
+/// and renamed; cache entries are read-only), which is what makes the mapping sound.
+pub fn map_file(path: &Path) -> Result<Mmap> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the map is read-only and the files smq maps are never modified in place;
+    // a file truncated underneath by another program would fault, which no reader of
+    // mapped memory can prevent.
+    unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))
+}
+
+/// A read-only memory map of a model file plus its manifest: what the runtime consumes,
+/// whether it came from an SMQ file or directly from a GGUF.
+pub struct MappedModel {
+    pub manifest: Manifest,
+    pub map: Mmap,
+    /// Absolute file offset that every `TensorEntry::offset` is relative to.
+    pub data_offset: u64,
+}
+
+impl MappedModel {
+    /// The tensor's bytes. Entries come from a validated manifest; an entry that does not
+    /// fit the map yields an empty slice, which every consumer rejects by size.
+    pub fn tensor_data(&self, entry: &TensorEntry) -> &[u8] {
+        self.data_offset
+            .checked_add(entry.offset)
+            .and_then(|start| Some((start, start.checked_add(entry.size)?)))
+            .and_then(|(s, e)| self.map.get(s as usize..e as usize))
+            .unwrap_or(&[])
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<(&TensorEntry, &[u8])> {
+        let entry = self.manifest.tensors.iter().find(|t| t.name == name)?;
+        Some((entry, self.tensor_data(entry)))
+    }
+}
+
+/// An opened, validated SMQ file. Everything but the tensor hashes is checked on open;
+/// [`SmqFile::verify`] checks those.
+pub struct SmqFile {
+    header: Header,
+    model: MappedModel,
+}
+
+impl SmqFile {
+    pub fn open(path: &Path) -> Result<SmqFile> {
+        let map = map_file(path)?;
+        let header = Header::decode(&map)?;
+        check_sections(&header, map.len() as u64)?;
+        let manifest_bytes = section_bytes(&map, header.manifest);
+        if blake3::hash(manifest_bytes).as_bytes() != &header.manifest_blake3 {
+            return Err(Error::HashMismatch {
+                what: "manifest".into(),
+            });
+        }
+        let manifest: Manifest =
+            decode_section(manifest_bytes, header.manifest_raw_len, "manifest")?;
+        validate_manifest(&manifest, header.data.len)?;
+        Ok(SmqFile {
+            model: MappedModel {
+                manifest,
+                map,
+                data_offset: header.data.offset,
+            },
+            header,
+        })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.model.manifest
+    }
+
+    /// Decodes the metadata section (every source key/value), checking its hash first.
+    pub fn metadata(&self) -> Result<Metadata> {
+        let bytes = section_bytes(&self.model.map, self.header.metadata);
+        if blake3::hash(bytes).as_bytes() != &self.header.metadata_blake3 {
+            return Err(Error::HashMismatch {
+                what: "metadata section".into(),
+            });
+        }
+        decode_section(bytes, self.header.metadata_raw_len, "metadata section")
+    }
+
+    pub fn tensor_data(&self, entry: &TensorEntry) -> &[u8] {
+        self.model.tensor_data(entry)
+    }
+
+    /// Checks every hash in the file: the metadata section and each tensor (in parallel).
+    /// The error names the first corrupt tensor in directory order.
+    pub fn verify(&self) -> Result<()> {
+        self.metadata()?;
+        let bad: Vec<&TensorEntry> = self
+            .manifest()
+            .tensors
+            .par_iter()
+            .filter(|t| hash_bytes(self.tensor_data(t)) != t.blake3)
+            .collect();
+        match bad.first() {
+            None => Ok(()),
+            Some(t) => Err(Error::TensorHashMismatch {
+                name: t.name.clone(),
+            }),
+        }
+    }
+
+    /// Names of every tensor whose bytes do not match their hash.
+    pub fn corrupt_tensors(&self) -> Vec<String> {
+        self.manifest()
+            .tensors
+            .par_iter()
+            .filter(|t| hash_bytes(self.tensor_data(t)) != t.blake3)
+            .map(|t| t.name.clone())
+            .collect()
+    }
+
+    pub fn into_mapped(self) -> MappedModel {
+        self.model
+    }
+}
+
+/// Section bounds: inside the file, in order, not overlapping, data page-aligned, and the
+/// file exactly as long as the header says (catches truncation and appended bytes).
+fn check_sections(h: &Header, actual_len: u64) -> Result<()> {
+    if h.file_len != actual_len {
+        return Err(Error::LengthMismatch {
+            expected: h.file_len,
+            actual: actual_len,
+        });
+    }
+    if h.data.offset % DATA_ALIGNMENT != 0 || h.data.offset < HEADER_LEN as u64 {
+        return Err(Error::invalid(format!(
+            "data section offset {} is not page-aligned after the header",
+            h.data.offset
+        )));
+    }
+    let mut sections = [
+        ("data", h.data),
+        ("manifest", h.manifest),
+        ("metadata", h.metadata),
+    ];
+    for (name, s) in &sections {
+        match s.end() {
+            Some(end) if end <= actual_len => {}
+            _ => {
+                return Err(Error::invalid(format!(
+                    "{name} section ({}+{}) lies outside the file",
+                    s.offset, s.len
+                )))
+            }
+        }
+    }
+    sections.sort_by_key(|(_, s)| s.offset);
+    if sections[0].1.offset < HEADER_LEN as u64 {
+        return Err(Error::invalid("a section overlaps the header"));
+    }
+    for w in sections.windows(2) {
+        if w[1].1.offset < w[0].1.offset + w[0].1.len {
+            return Err(Error::invalid(format!(
+                "{} and {} sections overlap",
+                w[0].0, w[1].0
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The bytes of a section already checked by [`check_sections`].
+fn section_bytes(map: &[u8], s: Section) -> &[u8] {
+    &map[s.offset as usize..(s.offset + s.len) as usize]
+}
