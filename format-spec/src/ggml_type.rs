@@ -145,7 +145,7 @@ impl GgmlType {
     pub fn tensor_bytes(self, shape: &[u64]) -> Option<u64> {
         let (&row_len, rest) = shape.split_first()?;
         let info = self.info();
-        if row_len % info.block_size != 0 {
+        if !row_len.is_multiple_of(info.block_size) {
             return None;
         }
         let row_bytes = (row_len / info.block_size).checked_mul(info.type_size)?;

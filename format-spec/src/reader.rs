@@ -146,7 +146,7 @@ fn check_sections(h: &Header, actual_len: u64) -> Result<()> {
             actual: actual_len,
         });
     }
-    if h.data.offset % DATA_ALIGNMENT != 0 || h.data.offset < HEADER_LEN as u64 {
+    if !h.data.offset.is_multiple_of(DATA_ALIGNMENT) || h.data.offset < HEADER_LEN as u64 {
         return Err(Error::invalid(format!(
             "data section offset {} is not page-aligned after the header",
             h.data.offset

@@ -38,7 +38,7 @@ pub fn validate_manifest(m: &Manifest, data_len: u64) -> Result<()> {
                 t.size, t.shape, t.ggml_type
             )));
         }
-        if t.offset % TENSOR_ALIGNMENT != 0 {
+        if !t.offset.is_multiple_of(TENSOR_ALIGNMENT) {
             return Err(bad(format!(
                 "offset {} is not {TENSOR_ALIGNMENT}-byte aligned",
                 t.offset
@@ -69,7 +69,7 @@ pub fn validate_manifest(m: &Manifest, data_len: u64) -> Result<()> {
     }
     let c = &m.config;
     if let (Some(h), Some(kv)) = (c.head_count, c.head_count_kv) {
-        if h == 0 || kv == 0 || h % kv != 0 {
+        if h == 0 || kv == 0 || !h.is_multiple_of(kv) {
             return Err(Error::invalid(format!(
                 "config: head_count {h} is not a positive multiple of head_count_kv {kv}"
             )));
