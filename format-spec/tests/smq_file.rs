@@ -205,14 +205,14 @@ fn lying_section_lengths_do_not_allocate() {
     write(&path);
     let bytes = std::fs::read(&path).unwrap();
     let h0 = Header::decode(&bytes).unwrap();
-    let variants: Vec<Box<dyn Fn(&mut Header)>> = vec![
-        Box::new(|h| h.manifest_raw_len = u64::MAX),
-        Box::new(|h| h.manifest_raw_len = 1 << 40),
-        Box::new(|h| h.manifest.len = u64::MAX - 5),
-        Box::new(|h| h.data.len = 1 << 62),
-        Box::new(|h| h.data.offset = 4097),
-        Box::new(|h| h.metadata.offset = h.manifest.offset),
-        Box::new(|h| h.file_len += 1),
+    let variants: [fn(&mut Header); 7] = [
+        |h| h.manifest_raw_len = u64::MAX,
+        |h| h.manifest_raw_len = 1 << 40,
+        |h| h.manifest.len = u64::MAX - 5,
+        |h| h.data.len = 1 << 62,
+        |h| h.data.offset = 4097,
+        |h| h.metadata.offset = h.manifest.offset,
+        |h| h.file_len += 1,
     ];
     let bad = dir.path().join("bad.smq");
     for (i, f) in variants.iter().enumerate() {
