@@ -47,6 +47,18 @@ pub fn export(smq: &Path, dst: &Path) -> Result<ExportReport> {
     let metadata = file.metadata()?;
     let manifest = file.manifest();
     let source = &manifest.source;
+    // A layout from a newer minor version may not be the GGUF bytes: refuse, don't guess.
+    if let Some(t) = manifest
+        .tensors
+        .iter()
+        .find(|t| t.layout != smq_format::TensorLayout::Ggml)
+    {
+        return Err(Error::Invalid(format!(
+            "tensor '{}' uses layout {} unknown to this smq; export it with a newer smq",
+            t.name,
+            t.layout.id()
+        )));
+    }
 
     let tensors: Vec<TensorWrite<'_>> = manifest
         .tensors

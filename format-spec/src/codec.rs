@@ -8,8 +8,8 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 
 /// Largest decoded size a reader accepts for one section (a bound against decompression
-/// bombs and lying headers; real manifests are a few MB).
-pub const MAX_SECTION_RAW_LEN: u64 = 1 << 30;
+/// bombs and lying headers; real manifests and metadata are a few MB).
+pub const MAX_SECTION_RAW_LEN: u64 = 256 << 20;
 
 /// zstd level used by the writer (any level decodes the same).
 const ZSTD_LEVEL: i32 = 3;
@@ -36,9 +36,15 @@ pub fn encode_section<T: Serialize>(value: &T, what: &str) -> Result<(Vec<u8>, u
     Ok((stored, raw.len() as u64))
 }
 
-/// Decompresses exactly `raw_len` bytes (refusing more) and decodes them, requiring that
-/// the encoding uses every byte.
-pub fn decode_section<T: DeserializeOwned>(stored: &[u8], raw_len: u64, what: &str) -> Result<T> {
+/// Decompresses exactly `raw_len` bytes (refusing more) and decodes them. Every byte must
+/// be used, unless `allow_trailing`: a file of a newer minor version may append fields at
+/// the end of a section, which this reader then ignores.
+pub fn decode_section<T: DeserializeOwned>(
+    stored: &[u8],
+    raw_len: u64,
+    what: &str,
+    allow_trailing: bool,
+) -> Result<T> {
     if raw_len > MAX_SECTION_RAW_LEN {
         return Err(Error::invalid(format!(
             "{what} claims {raw_len} decoded bytes (limit {MAX_SECTION_RAW_LEN})"
@@ -54,7 +60,7 @@ pub fn decode_section<T: DeserializeOwned>(stored: &[u8], raw_len: u64, what: &s
     }
     let (value, used) = bincode::serde::decode_from_slice(&raw, config())
         .map_err(|e| Error::invalid(format!("{what} does not decode: {e}")))?;
-    if used != raw.len() {
+    if used != raw.len() && !allow_trailing {
         return Err(Error::invalid(format!(
             "{what} has {} trailing bytes",
             raw.len() - used

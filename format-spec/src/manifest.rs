@@ -1,7 +1,9 @@
 //! The manifest: everything in an SMQ file except the tensor bytes. Its exact bincode
 //! encoding is written down in SPEC.md; change a field here only with a format version bump.
 
-use serde::{Deserialize, Serialize};
+use std::cell::Cell;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::GgmlType;
 
@@ -126,11 +128,43 @@ fn blob_item<'a>(blob: &'a [u8], offsets: &[u32], i: usize) -> Option<&'a [u8]> 
     blob.get(start..end)
 }
 
-/// How a tensor's bytes are arranged in the data section.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// How a tensor's bytes are arranged in the data section. Stored as a u32 id so that a
+/// reader meets a layout added by a newer minor version as `Unknown` (and refuses to use
+/// that tensor) instead of failing to read the whole manifest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TensorLayout {
-    /// Exactly the GGUF bytes.
+    /// Id 0: exactly the GGUF bytes.
     Ggml,
+    /// A layout this reader does not know.
+    Unknown(u32),
+}
+
+impl TensorLayout {
+    pub fn id(self) -> u32 {
+        match self {
+            TensorLayout::Ggml => 0,
+            TensorLayout::Unknown(id) => id,
+        }
+    }
+
+    pub fn from_id(id: u32) -> TensorLayout {
+        match id {
+            0 => TensorLayout::Ggml,
+            other => TensorLayout::Unknown(other),
+        }
+    }
+}
+
+impl Serialize for TensorLayout {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u32(self.id())
+    }
+}
+
+impl<'de> Deserialize<'de> for TensorLayout {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        u32::deserialize(deserializer).map(TensorLayout::from_id)
+    }
 }
 
 /// One tensor of the directory.
@@ -183,11 +217,56 @@ pub enum MetadataValue {
 }
 
 /// A GGUF array: the declared element type id and the elements. Every element's own
-/// variant matches `element_type` (the reader checks this).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// variant matches `element_type`; decoding checks this and bounds the nesting depth.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MetadataArray {
     pub element_type: u32,
     pub items: Vec<MetadataValue>,
+}
+
+/// Deepest array nesting a reader accepts (GGUF files in the wild nest at most 2 deep).
+/// Without a bound, a few bytes per level could exhaust the stack while decoding.
+pub const MAX_ARRAY_DEPTH: usize = 16;
+
+thread_local! {
+    static ARRAY_DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+impl<'de> Deserialize<'de> for MetadataArray {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            element_type: u32,
+            items: Vec<MetadataValue>,
+        }
+        let depth = ARRAY_DEPTH.with(|d| d.get());
+        if depth >= MAX_ARRAY_DEPTH {
+            return Err(serde::de::Error::custom(format!(
+                "metadata arrays nested deeper than {MAX_ARRAY_DEPTH}"
+            )));
+        }
+        ARRAY_DEPTH.with(|d| d.set(depth + 1));
+        let raw = Raw::deserialize(deserializer);
+        ARRAY_DEPTH.with(|d| d.set(depth));
+        let raw = raw?;
+        if raw.element_type > 12 {
+            return Err(serde::de::Error::custom(format!(
+                "unknown metadata array element type {}",
+                raw.element_type
+            )));
+        }
+        if let Some(bad) = raw.items.iter().find(|v| v.type_id() != raw.element_type) {
+            return Err(serde::de::Error::custom(format!(
+                "metadata array of type {} holds a value of type {}",
+                raw.element_type,
+                bad.type_id()
+            )));
+        }
+        Ok(MetadataArray {
+            element_type: raw.element_type,
+            items: raw.items,
+        })
+    }
 }
 
 impl MetadataValue {

@@ -1,4 +1,4 @@
-//! Opening an SMQ file: map it read-only, check every invariant of SPEC.md §6, and hand out
+//! Opening an SMQ file: map it read-only, check every invariant of SPEC.md §8, and hand out
 //! tensor bytes straight from the map (zero copies).
 
 use std::fs::File;
@@ -9,9 +9,9 @@ use rayon::prelude::*;
 
 use crate::codec::decode_section;
 use crate::error::{Error, Result};
-use crate::header::{Header, Section, DATA_ALIGNMENT, HEADER_LEN};
+use crate::header::{Header, Section, DATA_ALIGNMENT, FORMAT_MINOR, HEADER_LEN};
 use crate::manifest::{Manifest, Metadata, TensorEntry};
-use crate::validate::validate_manifest;
+use crate::validate::{validate_manifest, validate_metadata};
 use crate::writer::hash_bytes;
 
 /// Maps a file read-only. SMQ files are immutable by contract (written once to a temp file
@@ -61,15 +61,19 @@ impl SmqFile {
     pub fn open(path: &Path) -> Result<SmqFile> {
         let map = map_file(path)?;
         let header = Header::decode(&map)?;
-        check_sections(&header, map.len() as u64)?;
+        check_sections(&header, &map)?;
         let manifest_bytes = section_bytes(&map, header.manifest);
         if blake3::hash(manifest_bytes).as_bytes() != &header.manifest_blake3 {
             return Err(Error::HashMismatch {
                 what: "manifest".into(),
             });
         }
-        let manifest: Manifest =
-            decode_section(manifest_bytes, header.manifest_raw_len, "manifest")?;
+        let manifest: Manifest = decode_section(
+            manifest_bytes,
+            header.manifest_raw_len,
+            "manifest",
+            header.minor > FORMAT_MINOR,
+        )?;
         validate_manifest(&manifest, header.data.len)?;
         Ok(SmqFile {
             model: MappedModel {
@@ -97,17 +101,26 @@ impl SmqFile {
                 what: "metadata section".into(),
             });
         }
-        decode_section(bytes, self.header.metadata_raw_len, "metadata section")
+        let metadata: Metadata = decode_section(
+            bytes,
+            self.header.metadata_raw_len,
+            "metadata section",
+            self.header.minor > FORMAT_MINOR,
+        )?;
+        validate_metadata(&metadata)?;
+        Ok(metadata)
     }
 
     pub fn tensor_data(&self, entry: &TensorEntry) -> &[u8] {
         self.model.tensor_data(entry)
     }
 
-    /// Checks every hash in the file: the metadata section and each tensor (in parallel).
+    /// Checks every hash in the file: the metadata section and each tensor (in parallel),
+    /// and that the padding between tensors is zero (no byte escapes a check).
     /// The error names the first corrupt tensor in directory order.
     pub fn verify(&self) -> Result<()> {
         self.metadata()?;
+        self.check_data_padding()?;
         let bad: Vec<&TensorEntry> = self
             .manifest()
             .tensors
@@ -132,14 +145,38 @@ impl SmqFile {
             .collect()
     }
 
+    /// The bytes of the data section not covered by a tensor must be zero.
+    pub fn check_data_padding(&self) -> Result<()> {
+        let data = section_bytes(&self.model.map, self.header.data);
+        let mut ranges: Vec<(u64, u64)> = self
+            .manifest()
+            .tensors
+            .iter()
+            .map(|t| (t.offset, t.offset + t.size))
+            .collect();
+        ranges.sort_unstable();
+        let mut pos = 0u64;
+        for (start, end) in ranges.into_iter().chain([(data.len() as u64, 0)]) {
+            if data[pos as usize..start as usize].iter().any(|&b| b != 0) {
+                return Err(Error::invalid(format!(
+                    "non-zero padding in the data section before offset {start}"
+                )));
+            }
+            pos = pos.max(end);
+        }
+        Ok(())
+    }
+
     pub fn into_mapped(self) -> MappedModel {
         self.model
     }
 }
 
-/// Section bounds: inside the file, in order, not overlapping, data page-aligned, and the
-/// file exactly as long as the header says (catches truncation and appended bytes).
-fn check_sections(h: &Header, actual_len: u64) -> Result<()> {
+/// Section bounds: data page-aligned after the header, then the manifest and the metadata
+/// back to back, ending exactly at the end of the file (catches truncation and appended
+/// bytes, and leaves no byte outside a hash or a check).
+fn check_sections(h: &Header, map: &[u8]) -> Result<()> {
+    let actual_len = map.len() as u64;
     if h.file_len != actual_len {
         return Err(Error::LengthMismatch {
             expected: h.file_len,
@@ -152,7 +189,7 @@ fn check_sections(h: &Header, actual_len: u64) -> Result<()> {
             h.data.offset
         )));
     }
-    let mut sections = [
+    let sections = [
         ("data", h.data),
         ("manifest", h.manifest),
         ("metadata", h.metadata),
@@ -168,17 +205,24 @@ fn check_sections(h: &Header, actual_len: u64) -> Result<()> {
             }
         }
     }
-    sections.sort_by_key(|(_, s)| s.offset);
-    if sections[0].1.offset < HEADER_LEN as u64 {
-        return Err(Error::invalid("a section overlaps the header"));
-    }
     for w in sections.windows(2) {
-        if w[1].1.offset < w[0].1.offset + w[0].1.len {
+        if w[1].1.offset != w[0].1.offset + w[0].1.len {
             return Err(Error::invalid(format!(
-                "{} and {} sections overlap",
-                w[0].0, w[1].0
+                "the {} section does not follow the {} section directly",
+                w[1].0, w[0].0
             )));
         }
+    }
+    if h.metadata.offset + h.metadata.len != actual_len {
+        return Err(Error::invalid("bytes follow the metadata section"));
+    }
+    if map[HEADER_LEN..h.data.offset as usize]
+        .iter()
+        .any(|&b| b != 0)
+    {
+        return Err(Error::invalid(
+            "non-zero bytes between the header and the data section",
+        ));
     }
     Ok(())
 }

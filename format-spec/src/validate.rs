@@ -1,11 +1,11 @@
 //! The invariants a manifest must satisfy before any tensor byte is trusted, checked in
-//! one place (SPEC.md §6). Both the reader and the writer run it.
+//! one place (SPEC.md §8). Both the reader and the writer run it.
 
 use std::collections::HashSet;
 
 use crate::error::{Error, Result};
 use crate::header::TENSOR_ALIGNMENT;
-use crate::manifest::{Manifest, TokenizerSpec};
+use crate::manifest::{Manifest, Metadata, TokenizerSpec};
 
 /// Checks the tensor directory against a data section of `data_len` bytes, and the
 /// internal consistency of the tokenizer and config.
@@ -130,6 +130,20 @@ fn validate_tokenizer(t: &TokenizerSpec) -> Result<()> {
                     "tokenizer: {what} id {id} is outside the vocabulary ({n} tokens)"
                 )));
             }
+        }
+    }
+    Ok(())
+}
+
+/// Metadata keys must be unique, as in GGUF.
+pub fn validate_metadata(m: &Metadata) -> Result<()> {
+    let mut keys = HashSet::with_capacity(m.entries.len());
+    for e in &m.entries {
+        if !keys.insert(e.key.as_str()) {
+            return Err(Error::invalid(format!(
+                "metadata key '{}' appears twice",
+                e.key
+            )));
         }
     }
     Ok(())

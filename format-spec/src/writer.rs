@@ -15,7 +15,7 @@ use crate::header::{
 use crate::manifest::{
     Manifest, Metadata, ModelConfig, SourceInfo, TensorEntry, TensorLayout, TokenizerSpec,
 };
-use crate::validate::validate_manifest;
+use crate::validate::{validate_manifest, validate_metadata};
 use crate::GgmlType;
 
 /// One tensor to write: its bytes are copied exactly as given.
@@ -80,6 +80,7 @@ pub fn write_smq(
     };
     // Refuse to write what a reader would refuse to open.
     validate_manifest(&manifest, data_len).map_err(|e| Error::Write(e.to_string()))?;
+    validate_metadata(metadata).map_err(|e| Error::Write(e.to_string()))?;
 
     let (manifest_bytes, manifest_raw_len) = encode_section(&manifest, "manifest")?;
     let (metadata_bytes, metadata_raw_len) = encode_section(metadata, "metadata")?;

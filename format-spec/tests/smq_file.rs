@@ -249,3 +249,76 @@ fn writer_refuses_inconsistent_tensors_and_leaves_nothing() {
     assert!(err.is_err());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn deeply_nested_metadata_is_refused_without_exhausting_the_stack() {
+    // Entry count, key "k", then 200 000 nested single-item arrays, hand-encoded.
+    let mut raw = Vec::new();
+    raw.extend_from_slice(&1u64.to_le_bytes());
+    raw.extend_from_slice(&1u64.to_le_bytes());
+    raw.push(b'k');
+    for _ in 0..200_000 {
+        raw.extend_from_slice(&9u32.to_le_bytes()); // variant: Array
+        raw.extend_from_slice(&9u32.to_le_bytes()); // element type: Array
+        raw.extend_from_slice(&1u64.to_le_bytes()); // one item
+    }
+    raw.extend_from_slice(&0u32.to_le_bytes());
+    raw.push(7);
+    let stored = zstd::bulk::compress(&raw, 1).unwrap();
+    let err = smq_format::codec::decode_section::<Metadata>(&stored, raw.len() as u64, "m", false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nested"), "{err}");
+}
+
+#[test]
+fn array_items_must_match_the_declared_type() {
+    let bad = Metadata {
+        entries: vec![MetadataEntry {
+            key: "a".into(),
+            value: MetadataValue::Array(MetadataArray {
+                element_type: 4,
+                items: vec![MetadataValue::U8(1)],
+            }),
+        }],
+    };
+    let (stored, raw_len) = smq_format::codec::encode_section(&bad, "m").unwrap();
+    assert!(smq_format::codec::decode_section::<Metadata>(&stored, raw_len, "m", false).is_err());
+}
+
+#[test]
+fn newer_minor_may_append_fields_and_unknown_layouts_decode() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.smq");
+    let mut manifest = write(&path);
+    // A layout id this reader does not know survives decoding as `Unknown`.
+    manifest.tensors[0].layout = TensorLayout::from_id(7);
+    let (mut stored, mut raw_len) = smq_format::codec::encode_section(&manifest, "m").unwrap();
+    let decoded: Manifest =
+        smq_format::codec::decode_section(&stored, raw_len, "m", false).unwrap();
+    assert_eq!(decoded.tensors[0].layout, TensorLayout::Unknown(7));
+    // Appended bytes: refused at this minor version, ignored from a newer one.
+    let mut raw = zstd::bulk::decompress(&stored, raw_len as usize).unwrap();
+    raw.extend_from_slice(&[1, 2, 3]);
+    raw_len = raw.len() as u64;
+    stored = zstd::bulk::compress(&raw, 1).unwrap();
+    assert!(smq_format::codec::decode_section::<Manifest>(&stored, raw_len, "m", false).is_err());
+    assert!(smq_format::codec::decode_section::<Manifest>(&stored, raw_len, "m", true).is_ok());
+}
+
+#[test]
+fn duplicate_metadata_keys_are_refused_by_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut meta = metadata();
+    meta.entries.push(meta.entries[0].clone());
+    let err = write_smq(
+        &dir.path().join("m.smq"),
+        source(),
+        ModelConfig::default(),
+        None,
+        &meta,
+        &[],
+        &|_, _| {},
+    );
+    assert!(err.is_err());
+}
