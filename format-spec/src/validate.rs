@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use crate::error::{Error, Result};
 use crate::header::TENSOR_ALIGNMENT;
-use crate::manifest::{Manifest, Metadata, TokenizerSpec};
+use crate::manifest::{Manifest, Metadata, MetadataValue, TokenizerSpec, MAX_ARRAY_DEPTH};
 
 /// Checks the tensor directory against a data section of `data_len` bytes, and the
 /// internal consistency of the tokenizer and config.
@@ -135,7 +135,7 @@ fn validate_tokenizer(t: &TokenizerSpec) -> Result<()> {
     Ok(())
 }
 
-/// Metadata keys must be unique, as in GGUF.
+/// Metadata keys must be unique, as in GGUF, and arrays well-formed (SPEC.md §5.8).
 pub fn validate_metadata(m: &Metadata) -> Result<()> {
     let mut keys = HashSet::with_capacity(m.entries.len());
     for e in &m.entries {
@@ -145,6 +145,35 @@ pub fn validate_metadata(m: &Metadata) -> Result<()> {
                 e.key
             )));
         }
+        validate_value(&e.key, &e.value, 0)?;
+    }
+    Ok(())
+}
+
+/// Arrays nest at most `MAX_ARRAY_DEPTH` deep and hold items of their declared type.
+fn validate_value(key: &str, v: &MetadataValue, depth: usize) -> Result<()> {
+    let MetadataValue::Array(a) = v else {
+        return Ok(());
+    };
+    let bad = |msg: String| Error::invalid(format!("metadata key '{key}': {msg}"));
+    if depth >= MAX_ARRAY_DEPTH {
+        return Err(bad(format!("arrays nested deeper than {MAX_ARRAY_DEPTH}")));
+    }
+    if a.element_type > 12 {
+        return Err(bad(format!(
+            "unknown array element type {}",
+            a.element_type
+        )));
+    }
+    for item in &a.items {
+        if item.type_id() != a.element_type {
+            return Err(bad(format!(
+                "array of type {} holds a value of type {}",
+                a.element_type,
+                item.type_id()
+            )));
+        }
+        validate_value(key, item, depth + 1)?;
     }
     Ok(())
 }

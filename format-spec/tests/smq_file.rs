@@ -322,3 +322,37 @@ fn duplicate_metadata_keys_are_refused_by_the_writer() {
     );
     assert!(err.is_err());
 }
+
+#[test]
+fn writer_refuses_malformed_metadata_arrays() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nested = MetadataValue::U8(1);
+    for _ in 0..20 {
+        nested = MetadataValue::Array(MetadataArray {
+            element_type: nested.type_id(),
+            items: vec![nested],
+        });
+    }
+    let mixed = MetadataValue::Array(MetadataArray {
+        element_type: 4,
+        items: vec![MetadataValue::U8(1)],
+    });
+    for value in [nested, mixed] {
+        let meta = Metadata {
+            entries: vec![MetadataEntry {
+                key: "k".into(),
+                value,
+            }],
+        };
+        let written = write_smq(
+            &dir.path().join("m.smq"),
+            source(),
+            ModelConfig::default(),
+            None,
+            &meta,
+            &[],
+            &|_, _| {},
+        );
+        assert!(written.is_err());
+    }
+}

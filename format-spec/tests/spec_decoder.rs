@@ -10,7 +10,7 @@ use smq_format::*;
 
 type R<T> = std::result::Result<T, String>;
 
-/// Nesting bound for metadata arrays (SPEC.md §8.4: readers SHOULD bound it).
+/// Nesting bound for metadata arrays (SPEC.md §5.8: at most 16 nested arrays).
 const MAX_DEPTH: usize = smq_format::manifest::MAX_ARRAY_DEPTH;
 
 /// A bounds-checked little-endian reader over decompressed section bytes.
@@ -264,7 +264,7 @@ fn metadata_value(c: &mut Cursor, depth: usize) -> R<MetadataValue> {
     })
 }
 
-/// Decodes a whole section, requiring every byte to be used (§4).
+/// Decodes a whole section, requiring every byte to be used (§4: these files have minor 0).
 fn decode_all<T>(raw: &[u8], f: impl FnOnce(&mut Cursor) -> R<T>) -> R<T> {
     let mut c = Cursor::new(raw);
     let v = f(&mut c)?;
