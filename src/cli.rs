@@ -34,6 +34,16 @@ pub enum Command {
     /// Manage the conversion cache
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Generate text from a prompt
+    Run(RunArgs),
+    /// Print the token ids of a text, as llama.cpp would give them
+    Tokenize(TokenizeArgs),
+    /// Write the last position's logits of a prompt as little-endian f32
+    Logits(LogitsArgs),
+    /// Perplexity of a text file (windows evaluated from an empty context)
+    Perplexity(PerplexityArgs),
+    /// Measure prompt processing and generation speed
+    Bench(BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -100,4 +110,116 @@ pub enum CacheCommand {
     Clear,
     /// Remove one cached conversion by its source hash (or a unique prefix of it)
     Rm { hash: String },
+}
+
+/// How to open a MODEL for the commands that run it.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// An .smq file, or a .gguf file (converted once through the cache)
+    pub model: PathBuf,
+    /// Run a .gguf in place without converting it (same kernels, same bytes)
+    #[arg(long)]
+    pub direct: bool,
+    /// Check every tensor's blake3 before running (.smq)
+    #[arg(long)]
+    pub verify: bool,
+    /// Worker threads (default: the number of CPUs)
+    #[arg(long, short = 't')]
+    pub threads: Option<usize>,
+    /// Context size in tokens (default: the model's, capped at 4096)
+    #[arg(long)]
+    pub ctx: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The prompt (special tokens such as <|im_start|> are parsed)
+    #[arg(short, long)]
+    pub prompt: String,
+    /// Maximum number of tokens to generate
+    #[arg(short = 'n', long, default_value_t = 128)]
+    pub n_predict: usize,
+    /// Sampling temperature; 0 means greedy
+    #[arg(long, default_value_t = 0.8)]
+    pub temp: f32,
+    /// Keep only the K most likely tokens (0 disables)
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches P (1 disables)
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Drop tokens less likely than P times the most likely one (0 disables)
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Penalise tokens seen in the last 64 (1 disables)
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// Random seed (same seed, same output); default: random
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop when the generated text contains this string (repeatable; not printed)
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Print one JSON object (text, ids, finish_reason, timings) instead of streaming
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TokenizeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The text to tokenize (BOS added by the model's rule, special tokens parsed)
+    pub text: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LogitsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(short, long)]
+    pub prompt: String,
+    /// Output file: the last position's logits as little-endian f32
+    #[arg(short, long)]
+    pub output: PathBuf,
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PerplexityArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The text file to score
+    #[arg(short = 'f', long)]
+    pub file: PathBuf,
+    /// Tokens per window
+    #[arg(long = "window", default_value_t = 128)]
+    pub window: usize,
+    /// At most this many windows from the start of the text
+    #[arg(long, default_value_t = 16)]
+    pub max_windows: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt tokens processed per repetition (pp)
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 128)]
+    pub n_prompt: usize,
+    /// Tokens generated per repetition (tg)
+    #[arg(short = 'n', long = "n-gen", default_value_t = 64)]
+    pub n_gen: usize,
+    /// Repetitions (medians are reported)
+    #[arg(short = 'r', long, default_value_t = 3)]
+    pub repetitions: usize,
+    #[arg(long)]
+    pub json: bool,
 }

@@ -3,15 +3,19 @@
 
 mod cli;
 mod commands;
+mod model_open;
 mod progress;
+mod stop;
 
 use std::process::ExitCode;
+use std::time::Instant;
 
 use clap::Parser;
 
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    let process_start = Instant::now();
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Import(a) => commands::import::run(a),
@@ -19,6 +23,11 @@ fn main() -> ExitCode {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Verify(a) => commands::verify::run(a),
         Command::Cache(c) => commands::cache::run(c),
+        Command::Run(a) => commands::run::run(a),
+        Command::Tokenize(a) => commands::tokenize::run(a),
+        Command::Logits(a) => commands::logits::run(a),
+        Command::Perplexity(a) => commands::perplexity::run(a),
+        Command::Bench(a) => commands::bench::run(a, process_start),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

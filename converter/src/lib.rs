@@ -6,6 +6,7 @@ pub mod export;
 pub mod gguf;
 pub mod import;
 pub mod manifest_from_gguf;
+pub mod test_models;
 
 pub use direct::open_gguf_direct;
 pub use error::{Error, Result};

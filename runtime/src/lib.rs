@@ -1,4 +1,11 @@
 //! smq's CPU runtime: tensors over a read-only mmap, fused quantized kernels,
 //! architectures, tokenizers, sampling and generation.
 
+pub mod arch;
+pub mod generate;
+pub mod kv_cache;
+pub mod model;
+pub mod ops;
 pub mod quant;
+pub mod sampling;
+pub mod tokenizer;

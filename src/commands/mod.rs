@@ -1,10 +1,15 @@
 //! One module per subcommand. Each returns `Result<(), CliError>`; `main` prints the
 //! error on one line and exits non-zero.
 
+pub mod bench;
 pub mod cache;
 pub mod export;
 pub mod import;
 pub mod inspect;
+pub mod logits;
+pub mod perplexity;
+pub mod run;
+pub mod tokenize;
 pub mod verify;
 
 use std::path::Path;

@@ -1,1 +1,154 @@
-//! (being written)
+//! 8-bit activation blocks for the legacy 32-element weight types: Q8_0 (paired with
+//! Q4_0, Q5_0, Q8_0) and Q8_1 (paired with Q4_1, Q5_1).
+//!
+//! Rounding follows the quantizer llama.cpp actually runs on x86 (`quantize_row_q8_0` /
+//! `quantize_row_q8_1` in `ggml-cpu/arch/x86/quants.c`), not ggml's portable
+//! `*_ref` functions, so the integer dot products match a llama.cpp x86 build exactly:
+//! - `amax = max |x|`, `d = amax / 127` (f32), stored rounded to f16;
+//! - `q = round_half_even(x * (127 / amax))`, using `127 / amax` rather than `1 / d`;
+//! - Q8_1 only: `s = f16(d * Σq)` with the f32 `d`.
+//!
+//! The portable `*_ref` functions differ in two places (`1 / d` and round-half-away),
+//! which changes a quantized value in a small fraction of blocks.
+
+use half::f16;
+
+use super::ActBlock;
+
+/// Elements per legacy activation block.
+pub const QK8: usize = 32;
+
+/// ggml's `block_q8_0`: 32 signed bytes and one f16 scale (34 bytes). Also the Q8_0
+/// weight block (see `legacy::BlockQ8_0`).
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[repr(C)]
+pub struct BlockQ8_0 {
+    pub d: f16,
+    pub qs: [i8; QK8],
+}
+
+/// ggml's `block_q8_1`: like Q8_0 plus `s = d * Σqs` (36 bytes).
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[repr(C)]
+pub struct BlockQ8_1 {
+    pub d: f16,
+    pub s: f16,
+    pub qs: [i8; QK8],
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
+const _: () = assert!(std::mem::size_of::<BlockQ8_1>() == 36);
+
+/// Quantizes one 32-element block: returns the f32 scale `d` and writes `q`.
+/// NaN inputs are not meaningful activations; they quantize to whatever the float
+/// operations give, as in llama.cpp, and never panic.
+#[inline]
+fn quantize_block(x: &[f32], q: &mut [i8; QK8]) -> f32 {
+    let amax = x.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    for (o, &v) in q.iter_mut().zip(x) {
+        // |v * id| <= 127 up to one rounding, so the cast never saturates in practice;
+        // `as` saturates anyway, which keeps hostile inputs (inf, NaN) panic-free.
+        *o = (v * id).round_ties_even() as i8;
+    }
+    d
+}
+
+impl ActBlock for BlockQ8_0 {
+    const BLOCK_ELEMS: usize = QK8;
+
+    fn quantize_row(x: &[f32], out: &mut [Self]) {
+        assert_eq!(x.len(), out.len() * QK8, "Q8_0 row length");
+        for (xb, ob) in x.chunks_exact(QK8).zip(out.iter_mut()) {
+            let d = quantize_block(xb, &mut ob.qs);
+            ob.d = f16::from_f32(d);
+        }
+    }
+}
+
+impl ActBlock for BlockQ8_1 {
+    const BLOCK_ELEMS: usize = QK8;
+
+    fn quantize_row(x: &[f32], out: &mut [Self]) {
+        assert_eq!(x.len(), out.len() * QK8, "Q8_1 row length");
+        for (xb, ob) in x.chunks_exact(QK8).zip(out.iter_mut()) {
+            let d = quantize_block(xb, &mut ob.qs);
+            let sum: i32 = ob.qs.iter().map(|&q| q as i32).sum();
+            ob.d = f16::from_f32(d);
+            ob.s = f16::from_f32(d * sum as f32);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Straightforward restatement of the rule, block by block, for comparison.
+    fn expected_q(x: &[f32]) -> (f32, Vec<i8>) {
+        let mut amax = 0.0f32;
+        for &v in x {
+            if v.abs() > amax {
+                amax = v.abs();
+            }
+        }
+        let id = if amax == 0.0 { 0.0 } else { 127.0 / amax };
+        let q = x
+            .iter()
+            .map(|&v| {
+                let t = v * id;
+                let r = t.round();
+                // round half to even: fix the away-from-zero result on exact halves.
+                let r = if (t - t.trunc()).abs() == 0.5 && r % 2.0 != 0.0 {
+                    r - t.signum()
+                } else {
+                    r
+                };
+                r as i8
+            })
+            .collect();
+        (amax / 127.0, q)
+    }
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    #[test]
+    fn q8_0_and_q8_1_match_the_rule() {
+        let mut seed = 7u64;
+        let mut x: Vec<f32> = (0..32 * 64).map(|_| lcg(&mut seed) * 3.0).collect();
+        // Block 1: all zeros; block 2: exact halves after scaling (amax 127 → id 1).
+        x[32..64].iter_mut().for_each(|v| *v = 0.0);
+        for (i, v) in x[64..96].iter_mut().enumerate() {
+            *v = i as f32 - 15.5;
+        }
+        x[95] = 127.0;
+        let mut b0 = vec![BlockQ8_0::default(); 64];
+        let mut b1 = vec![BlockQ8_1::default(); 64];
+        BlockQ8_0::quantize_row(&x, &mut b0);
+        BlockQ8_1::quantize_row(&x, &mut b1);
+        for i in 0..64 {
+            let (d, q) = expected_q(&x[i * 32..(i + 1) * 32]);
+            assert_eq!(b0[i].qs.to_vec(), q, "block {i}");
+            assert_eq!(b1[i].qs.to_vec(), q, "block {i}");
+            assert_eq!(b0[i].d, f16::from_f32(d));
+            assert_eq!(b1[i].d, f16::from_f32(d));
+            let sum: i32 = q.iter().map(|&v| v as i32).sum();
+            assert_eq!(b1[i].s, f16::from_f32(d * sum as f32));
+        }
+        // Halves round to even: -15.5 → -16, -14.5 → -14, 0.5 → 0, 1.5 → 2.
+        assert_eq!(b0[2].qs[0], -16);
+        assert_eq!(b0[2].qs[1], -14);
+        assert_eq!(b0[2].qs[16], 0);
+        assert_eq!(b0[2].qs[17], 2);
+        assert_eq!(b0[1].qs, [0; 32]);
+        assert_eq!(b0[1].d, f16::ZERO);
+    }
+}

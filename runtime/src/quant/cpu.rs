@@ -60,7 +60,9 @@ impl KernelPath {
 pub fn best_path() -> KernelPath {
     static PATH: OnceLock<KernelPath> = OnceLock::new();
     *PATH.get_or_init(|| {
-        let best = *KernelPath::supported().last().unwrap_or(&KernelPath::Scalar);
+        let best = *KernelPath::supported()
+            .last()
+            .unwrap_or(&KernelPath::Scalar);
         match std::env::var("SMQ_KERNEL_PATH").ok().as_deref() {
             Some("scalar") => KernelPath::Scalar,
             Some("avx2") if KernelPath::Avx2.is_supported() => KernelPath::Avx2,

@@ -1,1 +1,175 @@
-//! (being written)
+//! Float weight rows (F32, F16, BF16) dotted with an activation row.
+//!
+//! Following llama.cpp, the activation row is first converted to the weight's type
+//! (F16 weights: activations rounded to f16; BF16 weights: rounded to bf16; F32: used
+//! as is), then each product is formed in f32 and summed in f32. The reference sums in
+//! f64, so SIMD paths (8-lane f32 partial sums) agree with it to f32 rounding.
+
+use half::{bf16, f16};
+
+use super::KernelPath;
+
+/// Element types a float weight row can have. Sealed: only f32, f16 and bf16,
+/// which accept every bit pattern (so raw mmap bytes may be viewed as them).
+pub trait FloatElem: Copy + Send + Sync + sealed::Sealed + 'static {}
+impl FloatElem for f32 {}
+impl FloatElem for f16 {}
+impl FloatElem for bf16 {}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
+}
+
+/// Rounds an activation row to f16 (round to nearest even, as ggml's conversion).
+pub fn f32_to_f16_row(x: &[f32], out: &mut [f16]) {
+    assert_eq!(x.len(), out.len());
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = f16::from_f32(v);
+    }
+}
+
+/// Rounds an activation row to bf16 (round to nearest even, as ggml's conversion).
+pub fn f32_to_bf16_row(x: &[f32], out: &mut [bf16]) {
+    assert_eq!(x.len(), out.len());
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = bf16::from_f32(v);
+    }
+}
+
+pub fn dot_f32_ref(w: &[f32], x: &[f32]) -> f32 {
+    debug_assert_eq!(w.len(), x.len());
+    w.iter().zip(x).map(|(&a, &b)| (a * b) as f64).sum::<f64>() as f32
+}
+
+pub fn dot_f16_ref(w: &[f16], x: &[f16]) -> f32 {
+    debug_assert_eq!(w.len(), x.len());
+    w.iter()
+        .zip(x)
+        .map(|(a, b)| (a.to_f32() * b.to_f32()) as f64)
+        .sum::<f64>() as f32
+}
+
+pub fn dot_bf16_ref(w: &[bf16], x: &[bf16]) -> f32 {
+    debug_assert_eq!(w.len(), x.len());
+    w.iter()
+        .zip(x)
+        .map(|(a, b)| (a.to_f32() * b.to_f32()) as f64)
+        .sum::<f64>() as f32
+}
+
+/// Dot of an f32 weight row with an f32 activation row on `path` (checked by caller).
+pub fn dot_f32(path: KernelPath, w: &[f32], x: &[f32]) -> f32 {
+    debug_assert!(path.is_supported());
+    match path {
+        // SAFETY: the caller checked that this CPU supports `path` (both imply AVX2).
+        #[cfg(target_arch = "x86_64")]
+        KernelPath::Avx2 | KernelPath::Avx512Vnni => unsafe { x86::dot_f32(w, x) },
+        _ => dot_f32_ref(w, x),
+    }
+}
+
+/// Dot of an f16 weight row with an f16-rounded activation row.
+pub fn dot_f16(path: KernelPath, w: &[f16], x: &[f16]) -> f32 {
+    debug_assert!(path.is_supported());
+    match path {
+        // SAFETY: as in `dot_f32`.
+        #[cfg(target_arch = "x86_64")]
+        KernelPath::Avx2 | KernelPath::Avx512Vnni => unsafe { x86::dot_f16(w, x) },
+        _ => dot_f16_ref(w, x),
+    }
+}
+
+/// Dot of a bf16 weight row with a bf16-rounded activation row.
+pub fn dot_bf16(path: KernelPath, w: &[bf16], x: &[bf16]) -> f32 {
+    debug_assert!(path.is_supported());
+    match path {
+        // SAFETY: as in `dot_f32`.
+        #[cfg(target_arch = "x86_64")]
+        KernelPath::Avx2 | KernelPath::Avx512Vnni => unsafe { x86::dot_bf16(w, x) },
+        _ => dot_bf16_ref(w, x),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use half::{bf16, f16};
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// Shared driver: 32 elements per step in four accumulators, `load` widening 8
+    /// elements at `p` to f32, then a scalar tail.
+    macro_rules! dot_body {
+        ($w:ident, $x:ident, $load:expr, $scalar:expr) => {{
+            let n = $w.len().min($x.len());
+            let (wp, xp) = ($w.as_ptr(), $x.as_ptr());
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut i = 0;
+            while i + 32 <= n {
+                for (k, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: i + 8k + 8 <= n, within both slices.
+                    let (wv, xv) = unsafe { ($load(wp.add(i + 8 * k)), $load(xp.add(i + 8 * k))) };
+                    *a = _mm256_fmadd_ps(wv, xv, *a);
+                }
+                i += 32;
+            }
+            while i + 8 <= n {
+                // SAFETY: i + 8 <= n.
+                let (wv, xv) = unsafe { ($load(wp.add(i)), $load(xp.add(i))) };
+                acc[0] = _mm256_fmadd_ps(wv, xv, acc[0]);
+                i += 8;
+            }
+            let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+            let mut s = hsum(v);
+            for j in i..n {
+                s += $scalar($w[j], $x[j]);
+            }
+            s
+        }};
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        #[inline]
+        unsafe fn load(p: *const f32) -> __m256 {
+            // SAFETY: the caller guarantees 8 readable elements at `p`.
+            unsafe { _mm256_loadu_ps(p) }
+        }
+        dot_body!(w, x, load, |a: f32, b: f32| a * b)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub fn dot_f16(w: &[f16], x: &[f16]) -> f32 {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        #[inline]
+        unsafe fn load(p: *const f16) -> __m256 {
+            // SAFETY: the caller guarantees 8 readable elements at `p`.
+            unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+        }
+        dot_body!(w, x, load, |a: f16, b: f16| a.to_f32() * b.to_f32())
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub fn dot_bf16(w: &[bf16], x: &[bf16]) -> f32 {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        #[inline]
+        unsafe fn load(p: *const bf16) -> __m256 {
+            // SAFETY: the caller guarantees 8 readable elements at `p`. bf16 is the
+            // top half of an f32: widen to 32 bits and shift into place.
+            let v = unsafe { _mm_loadu_si128(p.cast()) };
+            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16))
+        }
+        dot_body!(w, x, load, |a: bf16, b: bf16| a.to_f32() * b.to_f32())
+    }
+}

@@ -1,0 +1,115 @@
+//! Gemma 3 (text).
+//!
+//! Differences from llama: the embeddings are scaled by √n_embd; queries and keys get a
+//! per-head RMSNorm before RoPE (NeoX pairing); queries are pre-scaled by 1/√head_dim;
+//! attention and FFN outputs are RMS-normed again before their residual adds; the FFN is
+//! GELU(tanh)-gated; five of every six layers attend to a sliding window with their own
+//! RoPE base (10 000), the sixth to the whole context with `rope.freq_base`.
+//! Norm weights are used as stored: GGUF converters already folded Gemma's `1 + w`.
+
+use smq_format::ModelConfig;
+
+use super::{attention, embed, rope_qk, Scratch};
+use crate::kv_cache::KvCache;
+use crate::model::{Hparams, LayerSpec, Model, ModelError, SlidingWindow};
+use crate::ops::{add_inplace, geglu, rmsnorm, rmsnorm_inplace, scale, Rope, RopeStyle};
+use crate::quant::matmul::matmul;
+
+/// One global layer after every five sliding-window layers.
+const SWA_PATTERN: usize = 6;
+/// RoPE base of the sliding-window layers (not stored in GGUF files).
+const LOCAL_ROPE_BASE: f32 = 10_000.0;
+
+pub(crate) fn configure(hp: &mut Hparams, cfg: &ModelConfig) -> Result<LayerSpec, ModelError> {
+    hp.rope.style = RopeStyle::Neox;
+    let window = cfg
+        .sliding_window
+        .ok_or(ModelError::MissingKey("attention.sliding_window"))?;
+    if window == 0 {
+        return Err(ModelError::InvalidConfig(
+            "attention.sliding_window is 0".to_string(),
+        ));
+    }
+    hp.sliding = Some(SlidingWindow {
+        window: usize::try_from(window).unwrap_or(usize::MAX),
+        pattern: SWA_PATTERN,
+        rope: Rope {
+            freq_base: LOCAL_ROPE_BASE,
+            freq_scale: 1.0,
+            ..hp.rope
+        },
+    });
+    // Gemma 3 27B scales by the model width per head instead of the head size.
+    let scale_dim = if hp.n_layer == 62 {
+        hp.n_embd / hp.n_head
+    } else {
+        hp.head_dim
+    };
+    hp.attn_scale = 1.0 / (scale_dim as f32).sqrt();
+    Ok(LayerSpec {
+        qk_norm: true,
+        post_norms: true,
+    })
+}
+
+/// Runs `tokens` through every block, leaving the residual stream in `s.x`.
+pub(crate) fn forward(
+    m: &Model,
+    kv: &mut KvCache,
+    s: &mut Scratch,
+    tokens: &[u32],
+) -> Result<(), ModelError> {
+    let hp = &m.hp;
+    let nt = tokens.len();
+    let pos0 = kv.len();
+    let x = &mut s.x[..nt * hp.n_embd];
+    let xb = &mut s.xb[..nt * hp.n_embd];
+    let xb2 = &mut s.xb2[..nt * hp.n_embd];
+    let q = &mut s.q[..nt * hp.n_head * hp.head_dim];
+    let k = &mut s.k[..nt * hp.kv_dim()];
+    let v = &mut s.v[..nt * hp.kv_dim_v()];
+    let att = &mut s.att[..nt * hp.n_head * hp.head_dim_v];
+    let gate = &mut s.gate[..nt * hp.n_ff];
+    let up = &mut s.up[..nt * hp.n_ff];
+    let missing =
+        |what: &str, il: usize| ModelError::MissingTensor(format!("blk.{il}.{what}.weight"));
+
+    embed(m, tokens, x)?;
+    scale(x, (hp.n_embd as f32).sqrt());
+
+    for (il, w) in m.layers.iter().enumerate() {
+        let q_norm = w.q_norm.ok_or_else(|| missing("attn_q_norm", il))?;
+        let k_norm = w.k_norm.ok_or_else(|| missing("attn_k_norm", il))?;
+        let post_attn_norm = w
+            .post_attn_norm
+            .ok_or_else(|| missing("post_attention_norm", il))?;
+        let post_ffn_norm = w
+            .post_ffn_norm
+            .ok_or_else(|| missing("post_ffw_norm", il))?;
+
+        // Attention.
+        rmsnorm(xb, x, w.attn_norm, hp.rms_eps);
+        matmul(&w.wq, xb, nt, q);
+        matmul(&w.wk, xb, nt, k);
+        matmul(&w.wv, xb, nt, v);
+        rmsnorm_inplace(q, q_norm, hp.rms_eps);
+        rmsnorm_inplace(k, k_norm, hp.rms_eps);
+        rope_qk(hp, &hp.layer_rope(il), pos0, q, k, &mut s.rope_cs);
+        scale(q, hp.attn_scale);
+        kv.store(il, k, v);
+        attention(hp, kv, il, pos0, q, att, hp.layer_window(il), 1.0);
+        matmul(&w.wo, att, nt, xb2);
+        rmsnorm_inplace(xb2, post_attn_norm, hp.rms_eps);
+        add_inplace(x, xb2);
+
+        // Feed-forward.
+        rmsnorm(xb, x, w.ffn_norm, hp.rms_eps);
+        matmul(&w.ffn_gate, xb, nt, gate);
+        matmul(&w.ffn_up, xb, nt, up);
+        geglu(gate, up);
+        matmul(&w.ffn_down, gate, nt, xb2);
+        rmsnorm_inplace(xb2, post_ffn_norm, hp.rms_eps);
+        add_inplace(x, xb2);
+    }
+    Ok(())
+}

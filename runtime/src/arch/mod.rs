@@ -1,0 +1,245 @@
+//! Model architectures: one file per family with its forward pass written out top to
+//! bottom, plus the few steps they share (embedding lookup, cached attention, LM head).
+
+pub mod gemma3;
+pub mod llama;
+
+use half::f16;
+use rayon::prelude::*;
+use smq_format::ModelConfig;
+
+use crate::kv_cache::KvCache;
+use crate::model::{Hparams, LayerSpec, Model, ModelError};
+use crate::ops;
+use crate::quant::matmul::{dequantize_row, matmul};
+
+/// The architectures smq runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Architecture {
+    Llama,
+    Gemma3,
+}
+
+/// `general.architecture` names, in the order they are listed in error messages.
+const TABLE: &[(&str, Architecture)] = &[
+    ("llama", Architecture::Llama),
+    ("gemma3", Architecture::Gemma3),
+];
+
+impl Architecture {
+    pub fn from_name(name: &str) -> Result<Architecture, ModelError> {
+        TABLE
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|&(_, a)| a)
+            .ok_or_else(|| ModelError::UnsupportedArchitecture {
+                name: name.to_string(),
+                supported: TABLE.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
+            })
+    }
+
+    pub fn name(self) -> &'static str {
+        TABLE
+            .iter()
+            .find(|(_, a)| *a == self)
+            .map_or("?", |(n, _)| n)
+    }
+
+    /// Completes the shared hyperparameters with the architecture's own and names the
+    /// optional per-layer tensors it needs.
+    pub(crate) fn configure(
+        self,
+        hp: &mut Hparams,
+        cfg: &ModelConfig,
+    ) -> Result<LayerSpec, ModelError> {
+        match self {
+            Architecture::Llama => llama::configure(hp, cfg),
+            Architecture::Gemma3 => gemma3::configure(hp, cfg),
+        }
+    }
+}
+
+/// Which positions of a batch need logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outputs {
+    /// None (all but the last batch of a long prompt).
+    None,
+    /// Only the last token (prompt processing, decoding).
+    Last,
+    /// Every token (perplexity).
+    All,
+}
+
+/// Activation buffers of one session, sized for `max_batch` tokens at once.
+pub struct Scratch {
+    pub max_batch: usize,
+    /// Residual stream, `n_embd` per token.
+    pub x: Vec<f32>,
+    /// Normed input of the current sub-layer.
+    pub xb: Vec<f32>,
+    /// Output of a sub-layer before the residual add.
+    pub xb2: Vec<f32>,
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    /// Attention output, `n_head · head_dim_v` per token.
+    pub att: Vec<f32>,
+    pub gate: Vec<f32>,
+    pub up: Vec<f32>,
+    /// RoPE cos/sin of one position.
+    pub rope_cs: Vec<f32>,
+}
+
+impl Scratch {
+    pub fn new(hp: &Hparams, max_batch: usize) -> Scratch {
+        let b = max_batch;
+        Scratch {
+            max_batch: b,
+            x: vec![0.0; b * hp.n_embd],
+            xb: vec![0.0; b * hp.n_embd],
+            xb2: vec![0.0; b * hp.n_embd],
+            q: vec![0.0; b * hp.n_head * hp.head_dim],
+            k: vec![0.0; b * hp.kv_dim()],
+            v: vec![0.0; b * hp.kv_dim_v()],
+            att: vec![0.0; b * hp.n_head * hp.head_dim_v],
+            gate: vec![0.0; b * hp.n_ff],
+            up: vec![0.0; b * hp.n_ff],
+            rope_cs: vec![0.0; hp.head_dim],
+        }
+    }
+}
+
+/// Runs `tokens` (at most `scratch.max_batch`, positions `kv.len()..`) through the model,
+/// appends their keys and values to `kv`, and writes the logits of the requested
+/// positions to `logits` (`n_vocab` per position).
+pub fn forward(
+    model: &Model,
+    kv: &mut KvCache,
+    scratch: &mut Scratch,
+    tokens: &[u32],
+    outputs: Outputs,
+    logits: &mut Vec<f32>,
+) -> Result<(), ModelError> {
+    if tokens.is_empty() || tokens.len() > scratch.max_batch {
+        return Err(ModelError::InvalidRequest(format!(
+            "a batch holds 1 to {} tokens, got {}",
+            scratch.max_batch,
+            tokens.len()
+        )));
+    }
+    kv.check_room(tokens.len())?;
+    match model.arch {
+        Architecture::Llama => llama::forward(model, kv, scratch, tokens)?,
+        Architecture::Gemma3 => gemma3::forward(model, kv, scratch, tokens)?,
+    }
+    kv.advance(tokens.len());
+    lm_head(model, scratch, tokens.len(), outputs, logits);
+    Ok(())
+}
+
+/// Looks up the embedding rows of `tokens` into `x`.
+pub(crate) fn embed(model: &Model, tokens: &[u32], x: &mut [f32]) -> Result<(), ModelError> {
+    let n_embd = model.hp.n_embd;
+    for (&id, row) in tokens.iter().zip(x.chunks_exact_mut(n_embd)) {
+        if id as usize >= model.hp.n_vocab {
+            return Err(ModelError::TokenOutOfRange {
+                id,
+                n_vocab: model.hp.n_vocab,
+            });
+        }
+        dequantize_row(&model.token_embd, id as usize, row).map_err(|e| ModelError::BadTensor {
+            name: "token_embd.weight".into(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Applies RoPE to the queries and keys of `n_tokens` tokens at positions `pos0..`.
+pub(crate) fn rope_qk(
+    hp: &Hparams,
+    rope: &ops::Rope,
+    pos0: usize,
+    q: &mut [f32],
+    k: &mut [f32],
+    cs: &mut [f32],
+) {
+    let q_dim = hp.n_head * hp.head_dim;
+    let kv_dim = hp.kv_dim();
+    for (t, (qt, kt)) in q
+        .chunks_exact_mut(q_dim)
+        .zip(k.chunks_exact_mut(kv_dim))
+        .enumerate()
+    {
+        rope.angles(pos0 + t, cs);
+        rope.apply(qt, hp.head_dim, cs);
+        rope.apply(kt, hp.head_dim, cs);
+    }
+}
+
+/// Causal attention of the queries of `n_tokens` tokens (positions `pos0..`) over the
+/// cached keys and values of `layer`, which already include these tokens. With a
+/// `window`, a query at position `p` sees positions `p - window + 1 ..= p` only.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention(
+    hp: &Hparams,
+    kv: &KvCache,
+    layer: usize,
+    pos0: usize,
+    q: &[f32],
+    att: &mut [f32],
+    window: Option<usize>,
+    scale: f32,
+) {
+    let (hd, hdv) = (hp.head_dim, hp.head_dim_v);
+    let group = hp.n_head / hp.n_head_kv;
+    // llama.cpp switches to its tiled kernel (f32 query) at this many queries.
+    const TILED_MIN_QUERIES: usize = 64;
+    let q_f16 = q.len() / (hp.n_head * hd) < TILED_MIN_QUERIES;
+    let keys = kv.keys(layer);
+    let values = kv.values(layer);
+    att.par_chunks_mut(hdv).enumerate().for_each_init(
+        || vec![f16::ZERO; hd],
+        |q16, (i, out)| {
+            let (t, h) = (i / hp.n_head, i % hp.n_head);
+            let pos = pos0 + t;
+            let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+            let kvh = h / group;
+            let qh = &q[i * hd..(i + 1) * hd];
+            let k_rows = ops::HeadRows {
+                data: keys,
+                stride: hp.kv_dim(),
+                offset: kvh * hd,
+            };
+            let v_rows = ops::HeadRows {
+                data: values,
+                stride: hp.kv_dim_v(),
+                offset: kvh * hdv,
+            };
+            ops::attention_head(out, qh, k_rows, v_rows, first..pos + 1, scale, q_f16, q16);
+        },
+    );
+}
+
+/// Final norm and LM head for the positions `outputs` asks for.
+fn lm_head(
+    model: &Model,
+    scratch: &mut Scratch,
+    n_tokens: usize,
+    outputs: Outputs,
+    logits: &mut Vec<f32>,
+) {
+    let hp = &model.hp;
+    let e = hp.n_embd;
+    let (first, n_out) = match outputs {
+        Outputs::None => return,
+        Outputs::Last => (n_tokens - 1, 1),
+        Outputs::All => (0, n_tokens),
+    };
+    let rows = &scratch.x[first * e..(first + n_out) * e];
+    let normed = &mut scratch.xb[..n_out * e];
+    ops::rmsnorm(normed, rows, model.output_norm, hp.rms_eps);
+    logits.clear();
+    logits.resize(n_out * hp.n_vocab, 0.0);
+    matmul(&model.output, normed, n_out, logits);
+}

@@ -1,0 +1,449 @@
+//! Element-wise and per-row operations of the forward pass, in plain Rust.
+//!
+//! Each op follows the arithmetic of llama.cpp's CPU backend where that matters for
+//! fidelity (sum precision in RMSNorm, the incremental RoPE angle, the fp16 GELU table,
+//! flash attention's fp16 query and fp16 value accumulator), so smq's logits stay within
+//! the noise llama.cpp itself shows between two CPUs.
+
+use std::sync::OnceLock;
+
+use half::f16;
+
+/// RMSNorm of each `dim`-long row of `x` into `out`, times `weight`.
+///
+/// The sum of squares is accumulated in f64 and the scale is computed in f32, as ggml does.
+pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
+    let dim = weight.len();
+    debug_assert_eq!(out.len(), x.len());
+    for (o, xr) in out.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+        let scale = rms_scale(xr, eps);
+        for ((o, &v), &w) in o.iter_mut().zip(xr).zip(weight) {
+            *o = (v * scale) * w;
+        }
+    }
+}
+
+/// RMSNorm of each `weight.len()`-long row of `x`, in place.
+pub fn rmsnorm_inplace(x: &mut [f32], weight: &[f32], eps: f32) {
+    let dim = weight.len();
+    for xr in x.chunks_exact_mut(dim) {
+        let scale = rms_scale(xr, eps);
+        for (v, &w) in xr.iter_mut().zip(weight) {
+            *v = (*v * scale) * w;
+        }
+    }
+}
+
+fn rms_scale(x: &[f32], eps: f32) -> f32 {
+    let sum: f64 = x.iter().map(|&v| f64::from(v * v)).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    1.0 / (mean + eps).sqrt()
+}
+
+/// How RoPE pairs the dimensions of a head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Adjacent pairs `(2i, 2i+1)` (llama.cpp's "normal" mode, used by llama).
+    Normal,
+    /// Halves `(i, i + n_rot/2)` (GPT-NeoX style, used by Gemma, Qwen).
+    Neox,
+}
+
+/// Rotary position embedding parameters of one layer.
+#[derive(Clone, Copy, Debug)]
+pub struct Rope {
+    pub style: RopeStyle,
+    /// Rotated dimensions per head (the first `n_rot` of each head).
+    pub n_rot: usize,
+    pub freq_base: f32,
+    /// Position scale (1 / linear scaling factor).
+    pub freq_scale: f32,
+}
+
+impl Rope {
+    /// Fills `cos_sin` (`n_rot` values: cos, sin per pair) for position `pos`.
+    ///
+    /// The angle is advanced by repeated multiplication in f32, like ggml's rope cache, so
+    /// the rounding of the angles matches llama.cpp's.
+    pub fn angles(&self, pos: usize, cos_sin: &mut [f32]) {
+        let theta_scale = self.freq_base.powf(-2.0 / self.n_rot as f32);
+        let mut theta = pos as f32;
+        for pair in cos_sin[..self.n_rot].chunks_exact_mut(2) {
+            let t = self.freq_scale * theta;
+            pair[0] = t.cos();
+            pair[1] = t.sin();
+            theta *= theta_scale;
+        }
+    }
+
+    /// Rotates every head (`head_dim` long) of one token's `x` by the angles of `cos_sin`.
+    pub fn apply(&self, x: &mut [f32], head_dim: usize, cos_sin: &[f32]) {
+        let half = self.n_rot / 2;
+        for head in x.chunks_exact_mut(head_dim) {
+            match self.style {
+                RopeStyle::Normal => {
+                    for (pair, cs) in head[..self.n_rot]
+                        .chunks_exact_mut(2)
+                        .zip(cos_sin.chunks_exact(2))
+                    {
+                        let (x0, x1) = (pair[0], pair[1]);
+                        pair[0] = x0 * cs[0] - x1 * cs[1];
+                        pair[1] = x0 * cs[1] + x1 * cs[0];
+                    }
+                }
+                RopeStyle::Neox => {
+                    let (lo, hi) = head[..self.n_rot].split_at_mut(half);
+                    for ((a, b), cs) in lo.iter_mut().zip(hi).zip(cos_sin.chunks_exact(2)) {
+                        let (x0, x1) = (*a, *b);
+                        *a = x0 * cs[0] - x1 * cs[1];
+                        *b = x0 * cs[1] + x1 * cs[0];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Numerically stable softmax in place.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f64;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += f64::from(*v);
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// `x / (1 + e^-x)`.
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// `gate = silu(gate) * up` (SwiGLU), element-wise.
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = silu(*g) * u;
+    }
+}
+
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const GELU_COEF_A: f32 = 0.044_715;
+
+/// GELU, tanh approximation, in f32.
+#[inline]
+pub fn gelu_tanh(x: f32) -> f32 {
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)).tanh())
+}
+
+/// GELU as llama.cpp's CPU backend evaluates it: the input rounded to fp16 and looked
+/// up in a 65536-entry table of fp16 results; exact 0 / identity beyond ±10.
+#[inline]
+pub fn gelu_tanh_f16(x: f32) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        gelu_table()[f16::from_f32(x).to_bits() as usize].to_f32()
+    }
+}
+
+fn gelu_table() -> &'static [f16] {
+    static TABLE: OnceLock<Vec<f16>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|bits| f16::from_f32(gelu_tanh(f16::from_bits(bits).to_f32())))
+            .collect()
+    })
+}
+
+/// `gate = gelu(gate) * up` (GeGLU), element-wise, with llama.cpp's fp16 GELU.
+pub fn geglu(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = gelu_tanh_f16(*g) * u;
+    }
+}
+
+/// `x *= s`.
+pub fn scale(x: &mut [f32], s: f32) {
+    for v in x {
+        *v *= s;
+    }
+}
+
+/// `acc += x`.
+pub fn add_inplace(acc: &mut [f32], x: &[f32]) {
+    for (a, &b) in acc.iter_mut().zip(x) {
+        *a += b;
+    }
+}
+
+/// Dot product of an f32 and an fp16 vector, accumulated in f32 over 8 lanes.
+#[inline]
+fn dot_f32_f16(a: &[f32], b: &[f16]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = a.len() / 8 * 8;
+    for (ca, cb) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] += ca[l] * cb[l].to_f32();
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for (x, y) in a[chunks..].iter().zip(&b[chunks..]) {
+        sum += x * y.to_f32();
+    }
+    sum
+}
+
+/// Dot product of two fp16 vectors, accumulated in f32 over 8 lanes.
+#[inline]
+fn dot_f16(a: &[f16], b: &[f16]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = a.len() / 8 * 8;
+    for (ca, cb) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] += ca[l].to_f32() * cb[l].to_f32();
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for (x, y) in a[chunks..].iter().zip(&b[chunks..]) {
+        sum += x.to_f32() * y.to_f32();
+    }
+    sum
+}
+
+/// One KV head inside a cache: row `pos` is `data[pos * stride + offset..][..len]`.
+#[derive(Clone, Copy)]
+pub struct HeadRows<'a> {
+    pub data: &'a [f16],
+    pub stride: usize,
+    pub offset: usize,
+}
+
+impl<'a> HeadRows<'a> {
+    #[inline]
+    fn row(&self, pos: usize, len: usize) -> &'a [f16] {
+        let start = pos * self.stride + self.offset;
+        &self.data[start..start + len]
+    }
+}
+
+/// Attention of one query head over cached positions with an online softmax (one pass
+/// over the keys, no score buffer).
+///
+/// Scores are `kq_scale · q·k` over the fp16 keys. With `q_f16` the query is first rounded
+/// to fp16, as llama.cpp's CPU flash attention does for batches under 64 queries (decode,
+/// short prompts); its tiled path for larger batches keeps the query in f32. The value accumulator is f32, as in
+/// llama.cpp's tiled prompt path: its one-query path keeps the accumulator in fp16, which
+/// stops growing once it is 2^11 times the increments (long contexts), and measured no
+/// closer to the reference logits.
+///
+/// Only positions in `visible` are attended (the causal and sliding-window mask).
+/// `q16` is scratch of `q.len()` elements.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_head(
+    out: &mut [f32],
+    q: &[f32],
+    keys: HeadRows<'_>,
+    values: HeadRows<'_>,
+    visible: std::ops::Range<usize>,
+    kq_scale: f32,
+    q_f16: bool,
+    q16: &mut [f16],
+) {
+    let dk = q.len();
+    let dv = out.len();
+    for (d, &s) in q16.iter_mut().zip(q) {
+        *d = f16::from_f32(s);
+    }
+    out.fill(0.0);
+    let mut max = f32::NEG_INFINITY;
+    let mut sum = 0.0f32;
+    for pos in visible {
+        let k = keys.row(pos, dk);
+        let dot = if q_f16 {
+            dot_f16(q16, k)
+        } else {
+            dot_f32_f16(q, k)
+        };
+        let s = dot * kq_scale;
+        // A new maximum rescales what was accumulated so far.
+        let (ms, vs) = if s > max {
+            let ms = (max - s).exp();
+            max = s;
+            scale(out, ms);
+            (ms, 1.0)
+        } else {
+            (1.0, (s - max).exp())
+        };
+        for (a, &x) in out.iter_mut().zip(values.row(pos, dv)) {
+            *a += x.to_f32() * vs;
+        }
+        sum = sum * ms + vs;
+    }
+    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+    scale(out, inv);
+}
+
+/// Index of the largest value (the first one on ties); 0 for an empty slice.
+pub fn argmax(x: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rmsnorm_unit_rms() {
+        let x = [3.0f32, -4.0, 0.0, 5.0];
+        let w = [1.0f32; 4];
+        let mut out = [0.0f32; 4];
+        rmsnorm(&mut out, &x, &w, 0.0);
+        let rms = (out.iter().map(|v| v * v).sum::<f32>() / 4.0).sqrt();
+        assert!((rms - 1.0).abs() < 1e-6);
+        assert!((out[0] / out[1] + 0.75).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rope_preserves_norm_and_rotates_pairs() {
+        for style in [RopeStyle::Normal, RopeStyle::Neox] {
+            let rope = Rope {
+                style,
+                n_rot: 8,
+                freq_base: 10000.0,
+                freq_scale: 1.0,
+            };
+            let mut cs = [0.0f32; 8];
+            rope.angles(7, &mut cs);
+            let mut x: Vec<f32> = (0..8).map(|i| i as f32 - 3.5).collect();
+            let before: f32 = x.iter().map(|v| v * v).sum();
+            rope.apply(&mut x, 8, &cs);
+            let after: f32 = x.iter().map(|v| v * v).sum();
+            assert!((before - after).abs() < 1e-4);
+            // The first pair rotates by `pos` radians exactly.
+            let (i0, i1) = match style {
+                RopeStyle::Normal => (0, 1),
+                RopeStyle::Neox => (0, 4),
+            };
+            let (a, b) = (
+                -3.5f32,
+                if style == RopeStyle::Normal {
+                    -2.5
+                } else {
+                    0.5
+                },
+            );
+            assert!((x[i0] - (a * 7f32.cos() - b * 7f32.sin())).abs() < 1e-5);
+            assert!((x[i1] - (a * 7f32.sin() + b * 7f32.cos())).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn rope_position_zero_is_identity() {
+        let rope = Rope {
+            style: RopeStyle::Neox,
+            n_rot: 4,
+            freq_base: 1e6,
+            freq_scale: 1.0,
+        };
+        let mut cs = [0.0f32; 4];
+        rope.angles(0, &mut cs);
+        let mut x = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+        rope.apply(&mut x[..], 6, &cs);
+        assert_eq!(x, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    }
+
+    #[test]
+    fn softmax_sums_to_one() {
+        let mut x = [1.0f32, 2.0, 3.0, -1000.0];
+        softmax(&mut x);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(x[2] > x[1] && x[1] > x[0]);
+        assert_eq!(x[3], 0.0);
+    }
+
+    #[test]
+    fn gelu_table_tracks_exact_gelu() {
+        for i in -200..200 {
+            let x = i as f32 * 0.05;
+            let exact = gelu_tanh(x);
+            assert!((gelu_tanh_f16(x) - exact).abs() <= 2e-3 * (1.0 + exact.abs()));
+        }
+        assert_eq!(gelu_tanh_f16(-11.0), 0.0);
+        assert_eq!(gelu_tanh_f16(12.0), 12.0);
+        assert!((gelu_tanh(1.0) - 0.841_192).abs() < 1e-5);
+    }
+
+    #[test]
+    fn silu_values() {
+        assert_eq!(silu(0.0), 0.0);
+        assert!((silu(1.0) - 0.731_058_6).abs() < 1e-6);
+    }
+
+    #[test]
+    fn attention_matches_plain_softmax() {
+        let dk = 4;
+        let n = 5;
+        let keys: Vec<f16> = (0..n * dk)
+            .map(|i| f16::from_f32(((i * 7 % 11) as f32 - 5.0) * 0.1))
+            .collect();
+        let values: Vec<f16> = (0..n * dk)
+            .map(|i| f16::from_f32(((i * 5 % 13) as f32 - 6.0) * 0.25))
+            .collect();
+        let q = [0.5f32, -1.0, 0.25, 2.0];
+        let mut out = [0.0f32; 4];
+        let mut q16 = [f16::ZERO; 4];
+        let rows = |data| HeadRows {
+            data,
+            stride: dk,
+            offset: 0,
+        };
+        attention_head(
+            &mut out,
+            &q,
+            rows(&keys),
+            rows(&values),
+            1..4,
+            0.5,
+            true,
+            &mut q16,
+        );
+        let mut scores: Vec<f32> = (1..4)
+            .map(|p| {
+                (0..dk)
+                    .map(|d| q[d] * keys[p * dk + d].to_f32())
+                    .sum::<f32>()
+                    * 0.5
+            })
+            .collect();
+        softmax(&mut scores);
+        for d in 0..dk {
+            let expect: f32 = (1..4)
+                .map(|p| scores[p - 1] * values[p * dk + d].to_f32())
+                .sum();
+            assert!(
+                (out[d] - expect).abs() < 2e-3,
+                "{d}: {} vs {expect}",
+                out[d]
+            );
+        }
+    }
+
+    #[test]
+    fn argmax_first_max() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, -1.0]), 1);
+        assert_eq!(argmax(&[]), 0);
+    }
+}

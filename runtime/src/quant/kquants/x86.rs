@@ -1,0 +1,62 @@
+//! AVX2 helpers shared by the K-quant kernels.
+
+use std::arch::x86_64::*;
+
+/// One IEEE half (raw bits) to f32 with the F16C instruction.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn f16_to_f32(bits: u16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// Sum of the 8 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn hsum_ps(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// `pshufb` control that copies 16-bit element `k` (0..8) of each 128-bit lane to all
+/// 8 positions of that lane: with the same 8 scales in both lanes, one 32-element
+/// sub-block's scale in every i16 lane.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn ctrl_same(k: usize) -> __m256i {
+    let pair = (((2 * k + 1) << 8) | (2 * k)) as i16;
+    _mm256_set1_epi16(pair)
+}
+
+/// `pshufb` control that puts 16-bit element `2p` (of 8) in every i16 of the low lane
+/// and element `2p + 1` in every i16 of the high lane: the scales of two consecutive
+/// 16-element sub-blocks, matching 32 bytes of quants where each 128-bit lane is one
+/// sub-block.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn ctrl_pair(p: usize) -> __m256i {
+    let lo = (((4 * p + 1) << 8) | (4 * p)) as i16;
+    let hi = (((4 * p + 3) << 8) | (4 * p + 2)) as i16;
+    _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo))
+}
+
+/// Unaligned 32-byte load.
+///
+/// # Safety
+/// `p` must be valid for reading 32 bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn load256<T>(p: *const T) -> __m256i {
+    _mm256_loadu_si256(p.cast())
+}
+
+/// Unaligned 16-byte load.
+///
+/// # Safety
+/// `p` must be valid for reading 16 bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn load128<T>(p: *const T) -> __m128i {
+    _mm_loadu_si128(p.cast())
+}

@@ -1,0 +1,141 @@
+//! `smq bench`: prompt processing (pp) and generation (tg) speed, like llama-bench, plus
+//! time to first token, per-token latency percentiles and peak memory.
+
+use std::time::Instant;
+
+use serde_json::json;
+use smq_runtime::generate::Session;
+use smq_runtime::quant::cpu::{best_path, cpu_model_name};
+
+use super::{fail, print_json, CliResult};
+use crate::cli::BenchArgs;
+use crate::model_open;
+
+/// Tokens of the prompt used to measure time to first token.
+const TTFT_PROMPT: usize = 32;
+
+pub fn run(args: &BenchArgs, process_start: Instant) -> CliResult {
+    if args.repetitions == 0 || args.n_prompt == 0 || args.n_gen == 0 {
+        return Err(fail("-p, -n and -r must be at least 1"));
+    }
+    let threads = model_open::setup_threads(&args.model)?;
+    let load_start = Instant::now();
+    let mapped = model_open::open(&args.model)?;
+    let (model, _tokenizer) = model_open::load(&mapped)?;
+    let load_ms = ms(load_start);
+    let n_ctx = args.n_prompt.max(args.n_gen + 1).max(TTFT_PROMPT);
+    let mut session = Session::new(&model, n_ctx)?;
+    let vocab = model.hp.n_vocab as u32;
+    let prompt = |n: usize| -> Vec<u32> {
+        // Deterministic, spread over the vocabulary (what the tokens are doesn't matter
+        // for speed, only that they are valid).
+        (0..n as u32).map(|i| (i * 7919 + 13) % vocab).collect()
+    };
+
+    // Time to first token: from process start to the first sampled token of a short prompt.
+    let logits = session.eval(&prompt(TTFT_PROMPT))?;
+    let _first = argmax(logits);
+    let ttft_ms = ms(process_start);
+
+    let mut pp = Vec::new();
+    let mut tg = Vec::new();
+    let mut latencies = Vec::new();
+    for _ in 0..args.repetitions {
+        session.reset();
+        let ids = prompt(args.n_prompt);
+        let t = Instant::now();
+        session.eval(&ids)?;
+        pp.push(args.n_prompt as f64 / t.elapsed().as_secs_f64());
+
+        session.reset();
+        let mut next = prompt(1)[0];
+        let t = Instant::now();
+        for _ in 0..args.n_gen {
+            let step = Instant::now();
+            next = argmax(session.eval(&[next])?);
+            latencies.push(ms(step));
+        }
+        tg.push(args.n_gen as f64 / t.elapsed().as_secs_f64());
+    }
+    let peak_rss_mb = peak_rss_mb();
+    let path = best_path().name();
+    let cpu = cpu_model_name();
+    let (pp_med, tg_med) = (median(&mut pp), median(&mut tg));
+    let (p50, p95, p99) = (
+        percentile(&mut latencies, 50.0),
+        percentile(&mut latencies, 95.0),
+        percentile(&mut latencies, 99.0),
+    );
+    if args.json {
+        print_json(&json!({
+            "model": args.model.model,
+            "cpu": cpu,
+            "kernel_path": path,
+            "threads": threads,
+            "n_prompt": args.n_prompt,
+            "n_gen": args.n_gen,
+            "repetitions": args.repetitions,
+            "pp_tok_s": pp_med,
+            "tg_tok_s": tg_med,
+            "pp_tok_s_all": pp,
+            "tg_tok_s_all": tg,
+            "load_ms": load_ms,
+            "ttft_ms": ttft_ms,
+            "tg_p50_ms": p50,
+            "tg_p95_ms": p95,
+            "tg_p99_ms": p99,
+            "peak_rss_mb": peak_rss_mb,
+        }));
+    } else {
+        println!("cpu: {cpu} | kernel path: {path} | {threads} threads");
+        println!(
+            "pp{}: {pp_med:.1} tok/s | tg{}: {tg_med:.1} tok/s (medians of {})",
+            args.n_prompt, args.n_gen, args.repetitions
+        );
+        println!(
+            "load {load_ms:.0} ms | time to first token {ttft_ms:.0} ms | tg latency p50 {p50:.2} / p95 {p95:.2} / p99 {p99:.2} ms | peak RSS {peak_rss_mb:.0} MB"
+        );
+    }
+    Ok(())
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    percentile(v, 50.0)
+}
+
+/// Nearest-rank percentile.
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), in MB.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb * 1024.0 / 1e6)
+}

@@ -1,0 +1,109 @@
+//! Turning a MODEL argument into a mapped model: an .smq directly, a .gguf through the
+//! conversion cache, or a .gguf in place with `--direct`. Also sets up the thread pool.
+
+use std::io::Read;
+use std::path::Path;
+
+use smq_format::{MappedModel, SmqFile, MAGIC};
+use smq_runtime::model::Model;
+use smq_runtime::tokenizer::Tokenizer;
+
+use crate::cli::ModelArgs;
+use crate::commands::{check_input, fail, CliError};
+
+/// The model's file kind, told by its magic bytes (not its extension).
+enum Kind {
+    Smq,
+    Gguf,
+}
+
+fn kind_of(path: &Path) -> Result<Kind, CliError> {
+    let mut magic = [0u8; 8];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut magic))
+        .map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    if n == 8 && magic == MAGIC {
+        Ok(Kind::Smq)
+    } else if n >= 4 && &magic[..4] == b"GGUF" {
+        Ok(Kind::Gguf)
+    } else {
+        Err(fail(format!(
+            "{}: not an SMQ or GGUF file (unrecognised magic bytes)",
+            path.display()
+        )))
+    }
+}
+
+/// Validates the shared model options and configures the global thread pool.
+pub fn setup_threads(args: &ModelArgs) -> Result<usize, CliError> {
+    let threads = match args.threads {
+        Some(0) => return Err(fail("--threads must be at least 1")),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    // Only fails if a pool was already built, which would be a bug in this binary.
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .map_err(|e| fail(format!("cannot start {threads} worker threads: {e}")))?;
+    Ok(threads)
+}
+
+/// Maps the model named by `args`.
+pub fn open(args: &ModelArgs) -> Result<MappedModel, CliError> {
+    let path = &args.model;
+    check_input(path)?;
+    match kind_of(path)? {
+        Kind::Smq if args.direct => Err(fail("--direct applies to .gguf models only")),
+        Kind::Smq => open_smq(path, args.verify),
+        Kind::Gguf if args.direct && args.verify => Err(fail(
+            "--verify checks SMQ hashes; a GGUF run with --direct has none",
+        )),
+        Kind::Gguf if args.direct => smq_converter::direct::open_gguf_direct(path)
+            .map_err(|e| fail(format!("{}: {e}", path.display()))),
+        Kind::Gguf => {
+            let (entry, _) = crate::commands::import::import_to_cache(path)?;
+            open_smq(&entry, args.verify)
+        }
+    }
+}
+
+fn open_smq(path: &Path, verify: bool) -> Result<MappedModel, CliError> {
+    let file = SmqFile::open(path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    if verify {
+        file.verify().map_err(|e| {
+            fail(format!(
+                "{}: fails verification: {e} (re-import the model)",
+                path.display()
+            ))
+        })?;
+    }
+    Ok(file.into_mapped())
+}
+
+/// The model's weights and tokenizer, ready to run.
+pub fn load<'a>(mapped: &'a MappedModel) -> Result<(Model<'a>, Tokenizer), CliError> {
+    let model = Model::load(mapped)?;
+    let spec = mapped
+        .manifest
+        .tokenizer
+        .as_ref()
+        .ok_or_else(|| fail("the model has no tokenizer"))?;
+    let tokenizer = Tokenizer::from_spec(spec)?;
+    Ok((model, tokenizer))
+}
+
+/// The context size to use: `--ctx`, else the model's own capped at a default that keeps
+/// the KV cache small.
+pub fn context_size(args: &ModelArgs, model: &Model) -> Result<usize, CliError> {
+    const DEFAULT_MAX_CTX: usize = 4096;
+    let model_ctx = model.hp.n_ctx_train;
+    match args.ctx {
+        Some(0) => Err(fail("--ctx must be at least 1")),
+        Some(n) if n > model_ctx => Err(fail(format!(
+            "--ctx {n} exceeds the model's context length {model_ctx}"
+        ))),
+        Some(n) => Ok(n),
+        None => Ok(model_ctx.min(DEFAULT_MAX_CTX)),
+    }
+}
