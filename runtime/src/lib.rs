@@ -2,6 +2,7 @@
 //! architectures, tokenizers, sampling and generation.
 
 pub mod arch;
+pub mod chat;
 pub mod generate;
 pub mod kv_cache;
 pub mod model;
