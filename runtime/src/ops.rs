@@ -183,23 +183,6 @@ pub fn add_inplace(acc: &mut [f32], x: &[f32]) {
     }
 }
 
-/// Dot product of an f32 and an fp16 vector, accumulated in f32 over 8 lanes.
-#[inline]
-fn dot_f32_f16(a: &[f32], b: &[f16]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let chunks = a.len() / 8 * 8;
-    for (ca, cb) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
-        for l in 0..8 {
-            acc[l] += ca[l] * cb[l].to_f32();
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for (x, y) in a[chunks..].iter().zip(&b[chunks..]) {
-        sum += x * y.to_f32();
-    }
-    sum
-}
-
 /// Dot product of two fp16 vectors, accumulated in f32 over 8 lanes.
 #[inline]
 fn dot_f16(a: &[f16], b: &[f16]) -> f32 {
@@ -233,19 +216,20 @@ impl<'a> HeadRows<'a> {
     }
 }
 
-/// Attention of one query head over cached positions with an online softmax (one pass
-/// over the keys, no score buffer).
-///
-/// Scores are `kq_scale · q·k` over the fp16 keys. With `q_f16` the query is first rounded
-/// to fp16, as llama.cpp's CPU flash attention does for batches under 64 queries (decode,
-/// short prompts); its tiled path for larger batches keeps the query in f32. The value accumulator is f32, as in
-/// llama.cpp's tiled prompt path: its one-query path keeps the accumulator in fp16, which
-/// stops growing once it is 2^11 times the increments (long contexts), and measured no
-/// closer to the reference logits.
+/// Scratch of one attention task: the query rounded to fp16 and one score per position.
+#[derive(Default)]
+pub struct AttentionScratch {
+    q16: Vec<f16>,
+    scores: Vec<f32>,
+}
+
+/// Attention of one query head over cached positions, with the rounding of llama.cpp's
+/// default CPU attention (no flash attention), which the reference logits come from:
+/// the query is rounded to fp16 for `q·k` over the fp16 keys (f32 sums), the softmax is
+/// f32 with a double-precision sum, and the probabilities are rounded to fp16 before
+/// they weight the fp16 values (f32 sums).
 ///
 /// Only positions in `visible` are attended (the causal and sliding-window mask).
-/// `q16` is scratch of `q.len()` elements.
-#[allow(clippy::too_many_arguments)]
 pub fn attention_head(
     out: &mut [f32],
     q: &[f32],
@@ -253,41 +237,36 @@ pub fn attention_head(
     values: HeadRows<'_>,
     visible: std::ops::Range<usize>,
     kq_scale: f32,
-    q_f16: bool,
-    q16: &mut [f16],
+    scratch: &mut AttentionScratch,
 ) {
     let dk = q.len();
     let dv = out.len();
-    for (d, &s) in q16.iter_mut().zip(q) {
-        *d = f16::from_f32(s);
+    scratch.q16.clear();
+    scratch.q16.extend(q.iter().map(|&x| f16::from_f32(x)));
+    scratch.scores.clear();
+    scratch.scores.extend(
+        visible
+            .clone()
+            .map(|pos| dot_f16(&scratch.q16, keys.row(pos, dk)) * kq_scale),
+    );
+    let max = scratch
+        .scores
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f64;
+    for s in scratch.scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += f64::from(*s);
     }
+    let inv = if sum == 0.0 { 0.0 } else { (1.0 / sum) as f32 };
     out.fill(0.0);
-    let mut max = f32::NEG_INFINITY;
-    let mut sum = 0.0f32;
-    for pos in visible {
-        let k = keys.row(pos, dk);
-        let dot = if q_f16 {
-            dot_f16(q16, k)
-        } else {
-            dot_f32_f16(q, k)
-        };
-        let s = dot * kq_scale;
-        // A new maximum rescales what was accumulated so far.
-        let (ms, vs) = if s > max {
-            let ms = (max - s).exp();
-            max = s;
-            scale(out, ms);
-            (ms, 1.0)
-        } else {
-            (1.0, (s - max).exp())
-        };
+    for (pos, &p) in visible.zip(&scratch.scores) {
+        let p = f16::from_f32(p * inv).to_f32();
         for (a, &x) in out.iter_mut().zip(values.row(pos, dv)) {
-            *a += x.to_f32() * vs;
+            *a += p * x.to_f32();
         }
-        sum = sum * ms + vs;
     }
-    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-    scale(out, inv);
 }
 
 /// Index of the largest value (the first one on ties); 0 for an empty slice.
@@ -404,7 +383,6 @@ mod tests {
             .collect();
         let q = [0.5f32, -1.0, 0.25, 2.0];
         let mut out = [0.0f32; 4];
-        let mut q16 = [f16::ZERO; 4];
         let rows = |data| HeadRows {
             data,
             stride: dk,
@@ -417,8 +395,7 @@ mod tests {
             rows(&values),
             1..4,
             0.5,
-            true,
-            &mut q16,
+            &mut AttentionScratch::default(),
         );
         let mut scores: Vec<f32> = (1..4)
             .map(|p| {

@@ -4,7 +4,6 @@
 pub mod gemma3;
 pub mod llama;
 
-use half::f16;
 use rayon::prelude::*;
 use smq_format::ModelConfig;
 
@@ -193,14 +192,11 @@ pub(crate) fn attention(
 ) {
     let (hd, hdv) = (hp.head_dim, hp.head_dim_v);
     let group = hp.n_head / hp.n_head_kv;
-    // llama.cpp switches to its tiled kernel (f32 query) at this many queries.
-    const TILED_MIN_QUERIES: usize = 64;
-    let q_f16 = q.len() / (hp.n_head * hd) < TILED_MIN_QUERIES;
     let keys = kv.keys(layer);
     let values = kv.values(layer);
     att.par_chunks_mut(hdv).enumerate().for_each_init(
-        || vec![f16::ZERO; hd],
-        |q16, (i, out)| {
+        ops::AttentionScratch::default,
+        |scratch, (i, out)| {
             let (t, h) = (i / hp.n_head, i % hp.n_head);
             let pos = pos0 + t;
             let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
@@ -216,7 +212,7 @@ pub(crate) fn attention(
                 stride: hp.kv_dim_v(),
                 offset: kvh * hdv,
             };
-            ops::attention_head(out, qh, k_rows, v_rows, first..pos + 1, scale, q_f16, q16);
+            ops::attention_head(out, qh, k_rows, v_rows, first..pos + 1, scale, scratch);
         },
     );
 }
