@@ -16,6 +16,7 @@ use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let process_start = Instant::now();
+    restore_default_sigpipe();
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Import(a) => commands::import::run(a),
@@ -36,6 +37,24 @@ fn main() -> ExitCode {
             let msg = e.to_string().replace('\n', " ");
             eprintln!("error: {msg}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Rust ignores SIGPIPE, which turns `smq inspect big.smq | head` into a panic on the
+/// next print. Restoring the default makes smq end quietly, like other command-line tools.
+fn restore_default_sigpipe() {
+    #[cfg(target_os = "linux")]
+    {
+        const SIGPIPE: i32 = 13;
+        const SIG_DFL: usize = 0;
+        extern "C" {
+            fn signal(signum: i32, handler: usize) -> usize;
+        }
+        // SAFETY: resetting a signal to its default disposition at startup, before any
+        // other thread exists, is what every C program starts with.
+        unsafe {
+            signal(SIGPIPE, SIG_DFL);
         }
     }
 }

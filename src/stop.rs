@@ -77,7 +77,10 @@ mod tests {
 
     #[test]
     fn stop_split_across_pieces_is_not_printed() {
-        assert_eq!(run(&["END"], &["hello E", "N", "D more"]), ("hello ".into(), true));
+        assert_eq!(
+            run(&["END"], &["hello E", "N", "D more"]),
+            ("hello ".into(), true)
+        );
     }
 
     #[test]

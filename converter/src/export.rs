@@ -44,6 +44,8 @@ impl ExportReport {
 pub fn export(smq: &Path, dst: &Path) -> Result<ExportReport> {
     let start = Instant::now();
     let file = SmqFile::open(smq)?;
+    // Never hand out a GGUF built from bytes that fail their hash.
+    file.verify()?;
     let metadata = file.metadata()?;
     let manifest = file.manifest();
     let source = &manifest.source;

@@ -1,5 +1,5 @@
-//! Where the real models used by tests and benchmarks live: `$SMQ_MODELS_DIR`, else
-//! `~/.cache/smq-models` (where `scripts/fetch-models.sh` puts them).
+//! Where the real models used by tests and benchmarks live: where
+//! `scripts/fetch-models.sh` puts them.
 
 use std::path::PathBuf;
 
@@ -8,12 +8,16 @@ pub const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Gemma 3 270M, Q4_K_M, gemma3 architecture.
 pub const GEMMA3: &str = "gemma-3-270m-q4_k_m.gguf";
 
+/// `$SMQ_MODELS_DIR`, else `$XDG_CACHE_HOME/smq-models`, else `~/.cache/smq-models`.
 pub fn models_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("SMQ_MODELS_DIR") {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(d) = var("SMQ_MODELS_DIR") {
         return PathBuf::from(d);
     }
-    let home = std::env::var_os("HOME").unwrap_or_default();
-    PathBuf::from(home).join(".cache/smq-models")
+    if let Some(d) = var("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("smq-models");
+    }
+    PathBuf::from(var("HOME").unwrap_or_default()).join(".cache/smq-models")
 }
 
 /// The path of a real model, or `None` (after printing why) when it is not installed.
@@ -30,6 +34,9 @@ pub fn find(file: &str) -> Option<PathBuf> {
             path.display()
         );
     }
-    println!("skipping: {} not found (run scripts/fetch-models.sh)", path.display());
+    println!(
+        "skipping: {} not found (run scripts/fetch-models.sh)",
+        path.display()
+    );
     None
 }

@@ -3,13 +3,13 @@
 use serde_json::json;
 use smq_converter::export::export;
 
-use super::{check_input, check_output, hex, mb, print_json, CliResult};
+use super::{about, check_input, check_output, hex, mb, print_json, CliResult};
 use crate::cli::ExportArgs;
 
 pub fn run(args: &ExportArgs) -> CliResult {
     check_input(&args.input)?;
     check_output(&args.output, args.force)?;
-    let r = export(&args.input, &args.output)?;
+    let r = export(&args.input, &args.output).map_err(|e| about(&args.input, e))?;
     if args.json {
         print_json(&json!({
             "output": args.output,

@@ -7,7 +7,7 @@ use serde_json::json;
 use smq_cache::Cache;
 use smq_converter::import::{hash_file, import, ImportReport};
 
-use super::{check_input, check_output, fail, hex, mb, print_json, CliResult};
+use super::{about, check_input, check_output, fail, hex, mb, print_json, CliResult};
 use crate::cli::ImportArgs;
 use crate::progress;
 
@@ -16,7 +16,8 @@ pub fn run(args: &ImportArgs) -> CliResult {
     let (path, report) = match &args.output {
         Some(out) => {
             check_output(out, args.force)?;
-            (out.clone(), Some(import_to(&args.input, out)?))
+            let report = import_to(&args.input, out).map_err(|e| about(&args.input, e))?;
+            (out.clone(), Some(report))
         }
         None => import_to_cache(&args.input)?,
     };
@@ -71,8 +72,10 @@ pub fn import_to_cache(input: &Path) -> Result<(PathBuf, Option<ImportReport>), 
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let report = RefCell::new(None);
-    let (path, hit) = cache.get_or_insert_named(&hash, &name, |tmp| {
-        import_to(input, tmp).map(|r| *report.borrow_mut() = Some(r))
-    })?;
+    let (path, hit) = cache
+        .get_or_insert_named(&hash, &name, |tmp| {
+            import_to(input, tmp).map(|r| *report.borrow_mut() = Some(r))
+        })
+        .map_err(|e| about(input, e))?;
     Ok((path, if hit { None } else { report.into_inner() }))
 }

@@ -36,6 +36,17 @@ pub fn fail(msg: impl Into<String>) -> CliError {
     CliError(msg.into())
 }
 
+/// Names the file an error is about, unless the message already does.
+pub fn about(path: &Path, e: impl std::fmt::Display) -> CliError {
+    let msg = e.to_string();
+    let shown = path.display().to_string();
+    if msg.contains(&shown) {
+        CliError(msg)
+    } else {
+        CliError(format!("{shown}: {msg}"))
+    }
+}
+
 /// Refuses to overwrite an existing output unless `--force` was given.
 pub fn check_output(path: &Path, force: bool) -> CliResult {
     if path.exists() && !force {
