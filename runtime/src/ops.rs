@@ -104,6 +104,29 @@ impl Rope {
     }
 }
 
+impl Rope {
+    /// Like [`Rope::angles`], with the frequency of pair `i` divided by `factors[i]`
+    /// (Llama 3's `rope_freqs`; `factors` holds `n_rot / 2` values). The division comes
+    /// before the position scale, in ggml's order.
+    pub fn angles_with_factors(&self, pos: usize, factors: &[f32], cos_sin: &mut [f32]) {
+        let theta_scale = self.freq_base.powf(-2.0 / self.n_rot as f32);
+        let mut theta = pos as f32;
+        for (pair, &ff) in cos_sin[..self.n_rot].chunks_exact_mut(2).zip(factors) {
+            let t = self.freq_scale * (theta / ff);
+            pair[0] = t.cos();
+            pair[1] = t.sin();
+            theta *= theta_scale;
+        }
+    }
+}
+
+/// Adds `bias` to every `bias.len()`-long row of `x`.
+pub fn add_bias(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        add_inplace(row, bias);
+    }
+}
+
 /// Numerically stable softmax in place.
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);

@@ -270,7 +270,7 @@ fn load_errors_name_the_problem() {
     };
     assert_eq!(
         msg,
-        "unsupported architecture 'foo' (supported: llama, gemma3)"
+        "unsupported architecture 'foo' (supported: llama, qwen2, qwen3, smollm3, gemma3)"
     );
     let msg = load_err(&|m| {
         m.manifest

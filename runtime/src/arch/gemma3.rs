@@ -11,7 +11,7 @@ use smq_format::ModelConfig;
 
 use super::{attention, embed, rope_qk, Scratch};
 use crate::kv_cache::KvCache;
-use crate::model::{Hparams, LayerSpec, Model, ModelError, SlidingWindow};
+use crate::model::{Hparams, Model, ModelError, SlidingWindow, TensorSpec};
 use crate::ops::{add_inplace, geglu, rmsnorm, rmsnorm_inplace, scale, Rope, RopeStyle};
 use crate::quant::matmul::matmul;
 
@@ -20,7 +20,7 @@ const SWA_PATTERN: usize = 6;
 /// RoPE base of the sliding-window layers (not stored in GGUF files).
 const LOCAL_ROPE_BASE: f32 = 10_000.0;
 
-pub(crate) fn configure(hp: &mut Hparams, cfg: &ModelConfig) -> Result<LayerSpec, ModelError> {
+pub(crate) fn configure(hp: &mut Hparams, cfg: &ModelConfig) -> Result<TensorSpec, ModelError> {
     hp.rope.style = RopeStyle::Neox;
     let window = cfg
         .sliding_window
@@ -46,9 +46,10 @@ pub(crate) fn configure(hp: &mut Hparams, cfg: &ModelConfig) -> Result<LayerSpec
         hp.head_dim
     };
     hp.attn_scale = 1.0 / (scale_dim as f32).sqrt();
-    Ok(LayerSpec {
+    Ok(TensorSpec {
         qk_norm: true,
         post_norms: true,
+        ..TensorSpec::default()
     })
 }
 
@@ -94,7 +95,7 @@ pub(crate) fn forward(
         matmul(&w.wv, xb, nt, v);
         rmsnorm_inplace(q, q_norm, hp.rms_eps);
         rmsnorm_inplace(k, k_norm, hp.rms_eps);
-        rope_qk(hp, &hp.layer_rope(il), pos0, q, k, &mut s.rope_cs);
+        rope_qk(hp, &hp.layer_rope(il), None, pos0, q, k, &mut s.rope_cs);
         scale(q, hp.attn_scale);
         kv.store(il, k, v);
         attention(hp, kv, il, pos0, q, att, hp.layer_window(il), 1.0);

@@ -1,22 +1,31 @@
-//! Llama (SmolLM2, TinyLlama, Llama 2/3 without RoPE frequency factors).
+//! Llama (SmolLM2, TinyLlama, Llama 2/3, Mistral), and the block the whole llama family
+//! shares (Qwen 2, Qwen 3 and SmolLM3 configure it in their own files).
 //!
-//! Per block: RMSNorm → Q/K/V projections → RoPE (adjacent pairs) → causal grouped-query
-//! attention → output projection → residual; RMSNorm → SwiGLU FFN → residual.
+//! Per block: RMSNorm → Q/K/V projections (+ biases) → per-head QK RMSNorm (if the model
+//! has it) → RoPE (unless the layer is a NoPE layer) → causal grouped-query attention →
+//! output projection (+ bias) → residual; RMSNorm → SwiGLU FFN (+ biases) → residual.
 //! Then a final RMSNorm and the LM head (tied to the embeddings when `output.weight` is
 //! absent).
+//!
+//! Llama itself pairs adjacent dimensions in RoPE and may carry `rope_freqs.weight`
+//! (Llama 3.1+: long-context frequency divisors) and projection biases.
 
 use smq_format::ModelConfig;
 
 use super::{attention, embed, rope_qk, Scratch};
 use crate::kv_cache::KvCache;
-use crate::model::{Hparams, LayerSpec, Model, ModelError};
-use crate::ops::{add_inplace, rmsnorm, swiglu, RopeStyle};
+use crate::model::{Hparams, Model, ModelError, TensorSpec};
+use crate::ops::{add_bias, add_inplace, rmsnorm, rmsnorm_inplace, swiglu, RopeStyle};
 use crate::quant::matmul::matmul;
 
-pub(crate) fn configure(hp: &mut Hparams, _cfg: &ModelConfig) -> Result<LayerSpec, ModelError> {
+pub(crate) fn configure(hp: &mut Hparams, _cfg: &ModelConfig) -> Result<TensorSpec, ModelError> {
     hp.rope.style = RopeStyle::Normal;
     hp.attn_scale = 1.0 / (hp.head_dim as f32).sqrt();
-    Ok(LayerSpec::default())
+    Ok(TensorSpec {
+        biases: true,
+        rope_freqs: true,
+        ..TensorSpec::default()
+    })
 }
 
 /// Runs `tokens` through every block, leaving the residual stream in `s.x`.
@@ -38,6 +47,11 @@ pub(crate) fn forward(
     let att = &mut s.att[..nt * hp.n_head * hp.head_dim_v];
     let gate = &mut s.gate[..nt * hp.n_ff];
     let up = &mut s.up[..nt * hp.n_ff];
+    let bias = |x: &mut [f32], b: Option<&[f32]>| {
+        if let Some(b) = b {
+            add_bias(x, b);
+        }
+    };
 
     embed(m, tokens, x)?;
 
@@ -47,18 +61,31 @@ pub(crate) fn forward(
         matmul(&w.wq, xb, nt, q);
         matmul(&w.wk, xb, nt, k);
         matmul(&w.wv, xb, nt, v);
-        rope_qk(hp, &hp.rope, pos0, q, k, &mut s.rope_cs);
+        bias(q, w.bq);
+        bias(k, w.bk);
+        bias(v, w.bv);
+        if let (Some(q_norm), Some(k_norm)) = (w.q_norm, w.k_norm) {
+            rmsnorm_inplace(q, q_norm, hp.rms_eps);
+            rmsnorm_inplace(k, k_norm, hp.rms_eps);
+        }
+        if hp.layer_has_rope(il) {
+            rope_qk(hp, &hp.rope, m.rope_freqs, pos0, q, k, &mut s.rope_cs);
+        }
         kv.store(il, k, v);
         attention(hp, kv, il, pos0, q, att, None, hp.attn_scale);
         matmul(&w.wo, att, nt, xb2);
+        bias(xb2, w.bo);
         add_inplace(x, xb2);
 
         // Feed-forward.
         rmsnorm(xb, x, w.ffn_norm, hp.rms_eps);
         matmul(&w.ffn_gate, xb, nt, gate);
         matmul(&w.ffn_up, xb, nt, up);
+        bias(gate, w.ffn_gate_b);
+        bias(up, w.ffn_up_b);
         swiglu(gate, up);
         matmul(&w.ffn_down, gate, nt, xb2);
+        bias(xb2, w.ffn_down_b);
         add_inplace(x, xb2);
     }
     Ok(())

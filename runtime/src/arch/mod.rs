@@ -3,12 +3,15 @@
 
 pub mod gemma3;
 pub mod llama;
+pub mod qwen2;
+pub mod qwen3;
+pub mod smollm3;
 
 use rayon::prelude::*;
 use smq_format::ModelConfig;
 
 use crate::kv_cache::KvCache;
-use crate::model::{Hparams, LayerSpec, Model, ModelError};
+use crate::model::{Hparams, Model, ModelError, TensorSpec};
 use crate::ops;
 use crate::quant::matmul::{dequantize_row, matmul};
 
@@ -16,12 +19,18 @@ use crate::quant::matmul::{dequantize_row, matmul};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Architecture {
     Llama,
+    Qwen2,
+    Qwen3,
+    SmolLm3,
     Gemma3,
 }
 
 /// `general.architecture` names, in the order they are listed in error messages.
 const TABLE: &[(&str, Architecture)] = &[
     ("llama", Architecture::Llama),
+    ("qwen2", Architecture::Qwen2),
+    ("qwen3", Architecture::Qwen3),
+    ("smollm3", Architecture::SmolLm3),
     ("gemma3", Architecture::Gemma3),
 ];
 
@@ -45,14 +54,17 @@ impl Architecture {
     }
 
     /// Completes the shared hyperparameters with the architecture's own and names the
-    /// optional per-layer tensors it needs.
+    /// tensors beyond the llama core that it reads.
     pub(crate) fn configure(
         self,
         hp: &mut Hparams,
         cfg: &ModelConfig,
-    ) -> Result<LayerSpec, ModelError> {
+    ) -> Result<TensorSpec, ModelError> {
         match self {
             Architecture::Llama => llama::configure(hp, cfg),
+            Architecture::Qwen2 => qwen2::configure(hp, cfg),
+            Architecture::Qwen3 => qwen3::configure(hp, cfg),
+            Architecture::SmolLm3 => smollm3::configure(hp, cfg),
             Architecture::Gemma3 => gemma3::configure(hp, cfg),
         }
     }
@@ -128,7 +140,11 @@ pub fn forward(
     }
     kv.check_room(tokens.len())?;
     match model.arch {
-        Architecture::Llama => llama::forward(model, kv, scratch, tokens)?,
+        // The llama family differs only in what `configure` set up (biases, QK-norm,
+        // NoPE layers, RoPE style), which the shared block reads from the model.
+        Architecture::Llama | Architecture::Qwen2 | Architecture::Qwen3 | Architecture::SmolLm3 => {
+            llama::forward(model, kv, scratch, tokens)?
+        }
         Architecture::Gemma3 => gemma3::forward(model, kv, scratch, tokens)?,
     }
     kv.advance(tokens.len());
@@ -154,10 +170,12 @@ pub(crate) fn embed(model: &Model, tokens: &[u32], x: &mut [f32]) -> Result<(), 
     Ok(())
 }
 
-/// Applies RoPE to the queries and keys of `n_tokens` tokens at positions `pos0..`.
+/// Applies RoPE to the queries and keys of `n_tokens` tokens at positions `pos0..`,
+/// with the frequencies divided by `freq_factors` when given.
 pub(crate) fn rope_qk(
     hp: &Hparams,
     rope: &ops::Rope,
+    freq_factors: Option<&[f32]>,
     pos0: usize,
     q: &mut [f32],
     k: &mut [f32],
@@ -170,7 +188,10 @@ pub(crate) fn rope_qk(
         .zip(k.chunks_exact_mut(kv_dim))
         .enumerate()
     {
-        rope.angles(pos0 + t, cs);
+        match freq_factors {
+            Some(f) => rope.angles_with_factors(pos0 + t, f, cs),
+            None => rope.angles(pos0 + t, cs),
+        }
         rope.apply(qt, hp.head_dim, cs);
         rope.apply(kt, hp.head_dim, cs);
     }
@@ -238,4 +259,7 @@ fn lm_head(
     logits.clear();
     logits.resize(n_out * hp.n_vocab, 0.0);
     matmul(&model.output, normed, n_out, logits);
+    if let Some(b) = model.output_bias {
+        ops::add_bias(logits, b);
+    }
 }

@@ -11,6 +11,8 @@ pub enum ModelError {
     InvalidConfig(String),
     #[error("model is missing tensor {0}")]
     MissingTensor(String),
+    #[error("tensor {name} is not used by the {arch} architecture")]
+    UnexpectedTensor { name: String, arch: &'static str },
     #[error("tensor {name} has shape {got:?}, expected {expected:?}")]
     BadShape {
         name: String,

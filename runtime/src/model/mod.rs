@@ -7,6 +7,8 @@
 mod error;
 pub mod tensor;
 
+use std::collections::HashSet;
+
 use smq_format::{MappedModel, ModelConfig};
 
 pub use error::ModelError;
@@ -40,6 +42,9 @@ pub struct Hparams {
     pub rope: Rope,
     /// Sliding-window attention: the window and the RoPE of the windowed layers.
     pub sliding: Option<SlidingWindow>,
+    /// NoPE layers: with `Some(n)`, every `n`-th layer (`(il + 1) % n == 0`) attends
+    /// without positional encoding (SmolLM3).
+    pub no_rope_every: Option<usize>,
     /// Factor applied to `q·k` in attention.
     pub attn_scale: f32,
 }
@@ -58,6 +63,12 @@ impl Hparams {
     pub fn layer_window(&self, il: usize) -> Option<usize> {
         let sw = self.sliding.as_ref()?;
         (sw.pattern == 0 || il % sw.pattern < sw.pattern - 1).then_some(sw.window)
+    }
+
+    /// Whether layer `il` rotates its queries and keys.
+    pub fn layer_has_rope(&self, il: usize) -> bool {
+        self.no_rope_every
+            .is_none_or(|n| n == 0 || !(il + 1).is_multiple_of(n))
     }
 
     /// The RoPE of layer `il`.
@@ -123,11 +134,14 @@ impl Hparams {
         if !(freq_base.is_finite() && freq_base > 0.0) {
             return Err(invalid(format!("rope.freq_base {freq_base}")));
         }
+        // Like llama.cpp, a file that names no scaling type scales linearly by
+        // `rope.scaling.factor` when it states one.
         let freq_scale = match cfg.rope_scaling_type.as_deref() {
-            None | Some("none") => 1.0,
-            Some("linear") => match cfg.rope_scaling_factor {
+            Some("none") => 1.0,
+            None | Some("linear") => match cfg.rope_scaling_factor {
                 Some(f) if f.is_finite() && f > 0.0 => 1.0 / f,
-                None => 1.0,
+                // llama.cpp reads a factor of 0 as "not scaled".
+                None | Some(0.0) => 1.0,
                 Some(f) => return Err(invalid(format!("rope.scaling.factor {f}"))),
             },
             Some(other) => {
@@ -169,6 +183,7 @@ impl Hparams {
                 freq_scale,
             },
             sliding: None,
+            no_rope_every: None,
             attn_scale: 1.0 / (head_dim as f32).sqrt(),
         })
     }
@@ -198,6 +213,11 @@ pub struct LayerWeights<'a> {
     pub wk: WeightMatrix<'a>,
     pub wv: WeightMatrix<'a>,
     pub wo: WeightMatrix<'a>,
+    /// Projection biases (Qwen 2 has Q/K/V biases; llama files may carry any of them).
+    pub bq: Option<&'a [f32]>,
+    pub bk: Option<&'a [f32]>,
+    pub bv: Option<&'a [f32]>,
+    pub bo: Option<&'a [f32]>,
     /// Per-head RMSNorm of queries and keys (Gemma 3, Qwen 3).
     pub q_norm: Option<&'a [f32]>,
     pub k_norm: Option<&'a [f32]>,
@@ -207,15 +227,28 @@ pub struct LayerWeights<'a> {
     pub ffn_gate: WeightMatrix<'a>,
     pub ffn_up: WeightMatrix<'a>,
     pub ffn_down: WeightMatrix<'a>,
+    pub ffn_gate_b: Option<&'a [f32]>,
+    pub ffn_up_b: Option<&'a [f32]>,
+    pub ffn_down_b: Option<&'a [f32]>,
     /// RMSNorm of the FFN output before the residual add (Gemma 2/3).
     pub post_ffn_norm: Option<&'a [f32]>,
 }
 
-/// Which optional per-layer tensors an architecture needs.
+/// Which tensors beyond the llama core an architecture reads. Required ones must be
+/// present; optional ones are read when the file has them. A tensor the architecture
+/// does not read makes loading fail, so that no weight is silently ignored.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct LayerSpec {
+pub struct TensorSpec {
+    /// Required: per-head RMSNorm of queries and keys (`attn_q_norm`, `attn_k_norm`).
     pub qk_norm: bool,
+    /// Required: RMSNorm of the attention and FFN outputs before their residual adds.
     pub post_norms: bool,
+    /// Optional: biases of the Q/K/V/output and FFN projections.
+    pub biases: bool,
+    /// Optional: `output.bias` of the LM head.
+    pub output_bias: bool,
+    /// Optional: `rope_freqs.weight`, per-pair RoPE frequency divisors (Llama 3.1+).
+    pub rope_freqs: bool,
 }
 
 /// A model ready to run: hyperparameters plus views of its weights.
@@ -226,6 +259,10 @@ pub struct Model<'a> {
     pub output_norm: &'a [f32],
     /// The LM head; the embedding matrix when the model ties them.
     pub output: WeightMatrix<'a>,
+    pub output_bias: Option<&'a [f32]>,
+    /// RoPE frequency divisors, one per rotated pair (`n_rot / 2`), for every layer that
+    /// uses the model's main RoPE.
+    pub rope_freqs: Option<&'a [f32]>,
     pub layers: Vec<LayerWeights<'a>>,
     /// Tokens that end generation (EOS, end-of-turn), from the tokenizer metadata.
     pub eog_ids: Vec<u32>,
@@ -254,17 +291,32 @@ impl<'a> Model<'a> {
         let mut hp = Hparams::from_config(cfg, n_vocab)?;
         let spec = arch.configure(&mut hp, cfg)?;
 
-        let token_embd = tensor::matrix(mapped, "token_embd.weight", n_embd, n_vocab)?;
+        let mut t = Tensors::new(mapped);
+        let token_embd = t.matrix("token_embd.weight", n_embd, n_vocab)?;
         // Tied embeddings: without `output.weight` the LM head is the embedding matrix.
-        let output = match tensor::optional_matrix(mapped, "output.weight", n_embd, n_vocab)? {
+        let output = match t.optional_matrix("output.weight", n_embd, n_vocab)? {
             Some(m) => m,
-            None => tensor::matrix(mapped, "token_embd.weight", n_embd, n_vocab)?,
+            None => t.matrix("token_embd.weight", n_embd, n_vocab)?,
         };
-        let output_norm = tensor::vector(mapped, "output_norm.weight", n_embd)?;
+        let output_bias = t.optional_vector(spec.output_bias, "output.bias", n_vocab)?;
+        let output_norm = t.vector("output_norm.weight", n_embd)?;
+        let rope_freqs =
+            t.optional_vector(spec.rope_freqs, "rope_freqs.weight", hp.rope.n_rot / 2)?;
+        if let Some(f) = rope_freqs {
+            // Each factor divides a frequency: zero, negative or NaN would corrupt every
+            // position silently.
+            if let Some(bad) = f.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+                return Err(ModelError::BadTensor {
+                    name: "rope_freqs.weight".into(),
+                    reason: format!("holds the factor {bad}; factors must be positive"),
+                });
+            }
+        }
 
         let layers = (0..hp.n_layer)
-            .map(|il| load_layer(mapped, &hp, spec, il))
+            .map(|il| load_layer(&mut t, &hp, spec, il))
             .collect::<Result<Vec<_>, _>>()?;
+        t.check_all_used(arch)?;
 
         Ok(Model {
             arch,
@@ -272,6 +324,8 @@ impl<'a> Model<'a> {
             token_embd,
             output_norm,
             output,
+            output_bias,
+            rope_freqs,
             layers,
             eog_ids: eog_ids(mapped),
             mapped,
@@ -285,35 +339,123 @@ impl<'a> Model<'a> {
 }
 
 fn load_layer<'a>(
-    mapped: &'a MappedModel,
+    t: &mut Tensors<'a>,
     hp: &Hparams,
-    spec: LayerSpec,
+    spec: TensorSpec,
     il: usize,
 ) -> Result<LayerWeights<'a>, ModelError> {
-    let n = |s: &str| format!("blk.{il}.{s}.weight");
+    let w = |s: &str| format!("blk.{il}.{s}.weight");
+    let b = |s: &str| format!("blk.{il}.{s}.bias");
     let e = hp.n_embd;
     let q_dim = hp.n_head * hp.head_dim;
     let kv_dim = hp.kv_dim();
     let kv_dim_v = hp.kv_dim_v();
     let o_dim = hp.n_head * hp.head_dim_v;
-    let opt_vec = |on: bool, s: &str, len: usize| -> Result<Option<&'a [f32]>, ModelError> {
-        on.then(|| tensor::vector(mapped, &n(s), len)).transpose()
-    };
+    let ff = hp.n_ff;
+    let bias = spec.biases;
     Ok(LayerWeights {
-        attn_norm: tensor::vector(mapped, &n("attn_norm"), e)?,
-        wq: tensor::matrix(mapped, &n("attn_q"), e, q_dim)?,
-        wk: tensor::matrix(mapped, &n("attn_k"), e, kv_dim)?,
-        wv: tensor::matrix(mapped, &n("attn_v"), e, kv_dim_v)?,
-        wo: tensor::matrix(mapped, &n("attn_output"), o_dim, e)?,
-        q_norm: opt_vec(spec.qk_norm, "attn_q_norm", hp.head_dim)?,
-        k_norm: opt_vec(spec.qk_norm, "attn_k_norm", hp.head_dim)?,
-        post_attn_norm: opt_vec(spec.post_norms, "post_attention_norm", e)?,
-        ffn_norm: tensor::vector(mapped, &n("ffn_norm"), e)?,
-        ffn_gate: tensor::matrix(mapped, &n("ffn_gate"), e, hp.n_ff)?,
-        ffn_up: tensor::matrix(mapped, &n("ffn_up"), e, hp.n_ff)?,
-        ffn_down: tensor::matrix(mapped, &n("ffn_down"), hp.n_ff, e)?,
-        post_ffn_norm: opt_vec(spec.post_norms, "post_ffw_norm", e)?,
+        attn_norm: t.vector(&w("attn_norm"), e)?,
+        wq: t.matrix(&w("attn_q"), e, q_dim)?,
+        wk: t.matrix(&w("attn_k"), e, kv_dim)?,
+        wv: t.matrix(&w("attn_v"), e, kv_dim_v)?,
+        wo: t.matrix(&w("attn_output"), o_dim, e)?,
+        bq: t.optional_vector(bias, &b("attn_q"), q_dim)?,
+        bk: t.optional_vector(bias, &b("attn_k"), kv_dim)?,
+        bv: t.optional_vector(bias, &b("attn_v"), kv_dim_v)?,
+        bo: t.optional_vector(bias, &b("attn_output"), e)?,
+        q_norm: t.required_vector(spec.qk_norm, &w("attn_q_norm"), hp.head_dim)?,
+        k_norm: t.required_vector(spec.qk_norm, &w("attn_k_norm"), hp.head_dim)?,
+        post_attn_norm: t.required_vector(spec.post_norms, &w("post_attention_norm"), e)?,
+        ffn_norm: t.vector(&w("ffn_norm"), e)?,
+        ffn_gate: t.matrix(&w("ffn_gate"), e, ff)?,
+        ffn_up: t.matrix(&w("ffn_up"), e, ff)?,
+        ffn_down: t.matrix(&w("ffn_down"), ff, e)?,
+        ffn_gate_b: t.optional_vector(bias, &b("ffn_gate"), ff)?,
+        ffn_up_b: t.optional_vector(bias, &b("ffn_up"), ff)?,
+        ffn_down_b: t.optional_vector(bias, &b("ffn_down"), e)?,
+        post_ffn_norm: t.required_vector(spec.post_norms, &w("post_ffw_norm"), e)?,
     })
+}
+
+/// The model's tensors, remembering which ones were read.
+struct Tensors<'a> {
+    mapped: &'a MappedModel,
+    used: HashSet<String>,
+}
+
+impl<'a> Tensors<'a> {
+    fn new(mapped: &'a MappedModel) -> Tensors<'a> {
+        Tensors {
+            mapped,
+            used: HashSet::new(),
+        }
+    }
+
+    fn matrix(
+        &mut self,
+        name: &str,
+        cols: usize,
+        rows: usize,
+    ) -> Result<WeightMatrix<'a>, ModelError> {
+        self.used.insert(name.to_string());
+        tensor::matrix(self.mapped, name, cols, rows)
+    }
+
+    fn optional_matrix(
+        &mut self,
+        name: &str,
+        cols: usize,
+        rows: usize,
+    ) -> Result<Option<WeightMatrix<'a>>, ModelError> {
+        self.used.insert(name.to_string());
+        tensor::optional_matrix(self.mapped, name, cols, rows)
+    }
+
+    fn vector(&mut self, name: &str, len: usize) -> Result<&'a [f32], ModelError> {
+        self.used.insert(name.to_string());
+        tensor::vector(self.mapped, name, len)
+    }
+
+    /// A vector the architecture requires when `wanted`, `None` otherwise.
+    fn required_vector(
+        &mut self,
+        wanted: bool,
+        name: &str,
+        len: usize,
+    ) -> Result<Option<&'a [f32]>, ModelError> {
+        wanted.then(|| self.vector(name, len)).transpose()
+    }
+
+    /// A vector the architecture reads when `wanted` and the file has it.
+    fn optional_vector(
+        &mut self,
+        wanted: bool,
+        name: &str,
+        len: usize,
+    ) -> Result<Option<&'a [f32]>, ModelError> {
+        if !wanted || self.mapped.tensor(name).is_none() {
+            return Ok(None);
+        }
+        self.vector(name, len).map(Some)
+    }
+
+    /// Fails on the first tensor of the file that was never read: the architecture does
+    /// not know what to do with it, and ignoring it would give wrong outputs silently.
+    fn check_all_used(&self, arch: Architecture) -> Result<(), ModelError> {
+        match self
+            .mapped
+            .manifest
+            .tensors
+            .iter()
+            .find(|e| !self.used.contains(&e.name))
+        {
+            Some(e) => Err(ModelError::UnexpectedTensor {
+                name: e.name.clone(),
+                arch: arch.name(),
+            }),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Token texts that end a turn in common chat formats (as llama.cpp recognizes them).
