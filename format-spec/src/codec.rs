@@ -2,6 +2,8 @@
 //! little-endian integers, then zstd. SPEC.md §4 states these bytes exactly so that other
 //! languages can read SMQ without the bincode crate.
 
+use std::io::Read;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -36,9 +38,10 @@ pub fn encode_section<T: Serialize>(value: &T, what: &str) -> Result<(Vec<u8>, u
     Ok((stored, raw.len() as u64))
 }
 
-/// Decompresses exactly `raw_len` bytes (refusing more) and decodes them. Every byte must
-/// be used, unless `allow_trailing`: a file of a newer minor version may append fields at
-/// the end of a section, which this reader then ignores.
+/// Decompresses and decodes a section, streaming (no buffer of the whole decompressed
+/// section is held next to the decoded value). The stream must be exactly `raw_len`
+/// bytes, and every byte must be used, unless `allow_trailing`: a file of a newer minor
+/// version may append fields at the end of a section, which this reader then ignores.
 pub fn decode_section<T: DeserializeOwned>(
     stored: &[u8],
     raw_len: u64,
@@ -50,20 +53,27 @@ pub fn decode_section<T: DeserializeOwned>(
             "{what} claims {raw_len} decoded bytes (limit {MAX_SECTION_RAW_LEN})"
         )));
     }
-    let raw = zstd::bulk::decompress(stored, raw_len as usize)
-        .map_err(|e| Error::invalid(format!("{what} does not decompress: {e}")))?;
-    if raw.len() as u64 != raw_len {
-        return Err(Error::invalid(format!(
-            "{what} decompresses to {} bytes, header says {raw_len}",
-            raw.len()
-        )));
+    let bad = |msg: String| Error::invalid(format!("{what} {msg}"));
+    let mut stream = zstd::stream::read::Decoder::with_buffer(stored)
+        .map_err(|e| bad(format!("does not decompress: {e}")))?;
+    let mut section = (&mut stream).take(raw_len);
+    let value = bincode::serde::decode_from_std_read(&mut section, config())
+        .map_err(|e| bad(format!("does not decode: {e}")))?;
+    let unread = section.limit();
+    if unread != 0 && !allow_trailing {
+        return Err(bad(format!("has {unread} trailing bytes")));
     }
-    let (value, used) = bincode::serde::decode_from_slice(&raw, config())
-        .map_err(|e| Error::invalid(format!("{what} does not decode: {e}")))?;
-    if used != raw.len() && !allow_trailing {
-        return Err(Error::invalid(format!(
-            "{what} has {} trailing bytes",
-            raw.len() - used
+    // The rest of the stream (ignored fields of a newer minor) must end exactly at
+    // `raw_len`.
+    let drained = std::io::copy(&mut section, &mut std::io::sink())
+        .map_err(|e| bad(format!("does not decompress: {e}")))?;
+    let mut extra = [0u8; 1];
+    let more = stream
+        .read(&mut extra)
+        .map_err(|e| bad(format!("does not decompress: {e}")))?;
+    if drained != unread || more != 0 {
+        return Err(bad(format!(
+            "does not decompress to the {raw_len} bytes the header states"
         )));
     }
     Ok(value)

@@ -78,7 +78,9 @@ pub struct TokenizerSpec {
     pub model: String,
     /// `tokenizer.ggml.pre` (`smollm`, `llama-bpe`, ...).
     pub pre: Option<String>,
-    /// Token texts, concatenated, exactly as in the GGUF.
+    /// Token texts, concatenated, exactly as in the GGUF. (`serde_bytes` encodes the same
+    /// bytes as a plain `Vec<u8>` and lets a reader take them in one piece.)
+    #[serde(with = "serde_bytes")]
     pub token_bytes: Vec<u8>,
     /// `n_tokens + 1` offsets into `token_bytes`; token `i` is `[off[i], off[i+1])`.
     pub token_offsets: Vec<u32>,
@@ -87,6 +89,7 @@ pub struct TokenizerSpec {
     /// `tokenizer.ggml.token_type`, empty if absent.
     pub token_types: Vec<i32>,
     /// `tokenizer.ggml.merges` (`"a b"` strings), concatenated like the tokens.
+    #[serde(with = "serde_bytes")]
     pub merge_bytes: Vec<u8>,
     /// `n_merges + 1` offsets into `merge_bytes`.
     pub merge_offsets: Vec<u32>,
@@ -104,6 +107,17 @@ pub struct TokenizerSpec {
 }
 
 impl TokenizerSpec {
+    /// Drops spare capacity left by decoding (vectors grow by doubling while they are
+    /// read), so a loaded model holds only the bytes it needs.
+    pub fn shrink_to_fit(&mut self) {
+        self.token_bytes.shrink_to_fit();
+        self.token_offsets.shrink_to_fit();
+        self.scores.shrink_to_fit();
+        self.token_types.shrink_to_fit();
+        self.merge_bytes.shrink_to_fit();
+        self.merge_offsets.shrink_to_fit();
+    }
+
     pub fn n_tokens(&self) -> usize {
         self.token_offsets.len().saturating_sub(1)
     }

@@ -68,12 +68,15 @@ impl SmqFile {
                 what: "manifest".into(),
             });
         }
-        let manifest: Manifest = decode_section(
+        let mut manifest: Manifest = decode_section(
             manifest_bytes,
             header.manifest_raw_len,
             "manifest",
             header.minor > FORMAT_MINOR,
         )?;
+        if let Some(t) = manifest.tokenizer.as_mut() {
+            t.shrink_to_fit();
+        }
         validate_manifest(&manifest, header.data.len)?;
         Ok(SmqFile {
             model: MappedModel {

@@ -68,6 +68,22 @@ fn in_range(id: Option<u32>, n: usize) -> Option<u32> {
 
 impl Tokenizer {
     pub fn from_spec(spec: &TokenizerSpec) -> Result<Tokenizer, TokenizerError> {
+        Tokenizer::build(spec, Vocab::from_spec)
+    }
+
+    /// Like [`Tokenizer::from_spec`], taking over the spec's token table instead of
+    /// copying it: what a runtime that owns its manifest uses to keep load-time memory low.
+    pub fn from_owned(mut spec: TokenizerSpec) -> Result<Tokenizer, TokenizerError> {
+        let vocab = Vocab::from_owned(&mut spec)?;
+        Tokenizer::build(&spec, |_| Ok(vocab))
+    }
+
+    /// `make_vocab` builds the token table; everything else comes from `spec` (whose
+    /// token table may already have been taken).
+    fn build(
+        spec: &TokenizerSpec,
+        make_vocab: impl FnOnce(&TokenizerSpec) -> Result<Vocab, TokenizerError>,
+    ) -> Result<Tokenizer, TokenizerError> {
         // Defaults llama.cpp assumes per vocabulary kind when the metadata is silent.
         let (algorithm_kind, def_bos, def_eos, def_unk) = match spec.model.as_str() {
             "gpt2" => ("bpe", Some(11), Some(11), None),
@@ -80,7 +96,7 @@ impl Tokenizer {
             None
         };
 
-        let mut vocab = Vocab::from_spec(spec)?;
+        let mut vocab = make_vocab(spec)?;
         let n = vocab.len();
         let pick =
             |given: Option<u32>, default: Option<u32>| in_range(given, n).or(in_range(default, n));

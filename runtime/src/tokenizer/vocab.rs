@@ -61,57 +61,92 @@ pub(crate) struct Vocab {
 
 impl Vocab {
     pub fn from_spec(spec: &TokenizerSpec) -> Result<Vocab, TokenizerError> {
-        let n = spec.n_tokens();
+        Vocab::from_parts(
+            &spec.token_types,
+            spec.token_bytes.clone(),
+            spec.token_offsets.clone(),
+            spec.scores.clone(),
+        )
+    }
+
+    /// Like [`Vocab::from_spec`], taking over the spec's texts and scores instead of
+    /// copying them (a 262k-token vocabulary is several MB).
+    pub fn from_owned(spec: &mut TokenizerSpec) -> Result<Vocab, TokenizerError> {
+        let blob = std::mem::take(&mut spec.token_bytes);
+        let offsets = std::mem::take(&mut spec.token_offsets);
+        let scores = std::mem::take(&mut spec.scores);
+        let types = std::mem::take(&mut spec.token_types);
+        Vocab::from_parts(&types, blob, offsets, scores)
+    }
+
+    /// Builds the table from token texts (`blob` + `offsets`), scores and GGUF token types.
+    fn from_parts(
+        types: &[i32],
+        src_blob: Vec<u8>,
+        src_offsets: Vec<u32>,
+        src_scores: Vec<f32>,
+    ) -> Result<Vocab, TokenizerError> {
+        let n = src_offsets.len().saturating_sub(1);
         if n == 0 {
             return Err(TokenizerError::Invalid("the vocabulary is empty".into()));
         }
         if n >= i32::MAX as usize {
             return Err(TokenizerError::Invalid(format!("{n} tokens is too many")));
         }
-        if !spec.scores.is_empty() && spec.scores.len() < n {
+        if !src_scores.is_empty() && src_scores.len() < n {
             return Err(TokenizerError::Invalid(format!(
                 "{} scores for {n} tokens",
-                spec.scores.len()
+                src_scores.len()
             )));
         }
-        if !spec.token_types.is_empty() && spec.token_types.len() < n {
+        if !types.is_empty() && types.len() < n {
             return Err(TokenizerError::Invalid(format!(
                 "{} token types for {n} tokens",
-                spec.token_types.len()
+                types.len()
             )));
         }
-
-        // Copy the texts into one blob; llama.cpp renames empty tokens to `[EMPTY_<id>]`
-        // so that every token stays addressable by text.
-        let mut blob = Vec::with_capacity(spec.token_bytes.len());
-        let mut offsets = Vec::with_capacity(n + 1);
-        offsets.push(0u32);
-        for i in 0..n {
-            let text = spec
-                .token(i)
-                .ok_or_else(|| TokenizerError::Invalid(format!("token {i} has bad offsets")))?;
-            if text.is_empty() {
-                blob.extend_from_slice(format!("[EMPTY_{i}]").as_bytes());
-            } else {
-                blob.extend_from_slice(text);
+        let text = |i: usize| -> Option<&[u8]> {
+            let (s, e) = (
+                *src_offsets.get(i)? as usize,
+                *src_offsets.get(i + 1)? as usize,
+            );
+            src_blob.get(s..e)
+        };
+        let well_formed = (0..n).all(|i| text(i).is_some_and(|t| !t.is_empty()));
+        let (blob, offsets) = if well_formed {
+            (src_blob, src_offsets)
+        } else {
+            // Copy the texts into a new blob; llama.cpp renames empty tokens to
+            // `[EMPTY_<id>]` so that every token stays addressable by text.
+            let mut blob = Vec::with_capacity(src_blob.len());
+            let mut offsets = Vec::with_capacity(n + 1);
+            offsets.push(0u32);
+            for i in 0..n {
+                let t = text(i)
+                    .ok_or_else(|| TokenizerError::Invalid(format!("token {i} has bad offsets")))?;
+                if t.is_empty() {
+                    blob.extend_from_slice(format!("[EMPTY_{i}]").as_bytes());
+                } else {
+                    blob.extend_from_slice(t);
+                }
+                let end = u32::try_from(blob.len())
+                    .map_err(|_| TokenizerError::Invalid("token texts exceed 4 GiB".into()))?;
+                offsets.push(end);
             }
-            let end = u32::try_from(blob.len())
-                .map_err(|_| TokenizerError::Invalid("token texts exceed 4 GiB".into()))?;
-            offsets.push(end);
-        }
+            (blob, offsets)
+        };
 
-        let scores = if spec.scores.is_empty() {
+        let scores = if src_scores.is_empty() {
             vec![0.0; n]
         } else {
-            spec.scores[..n].to_vec()
+            let mut s = src_scores;
+            s.truncate(n);
+            s
         };
-        let attrs = if spec.token_types.is_empty() {
+        let attrs = if types.is_empty() {
             vec![attr::NORMAL; n]
         } else {
-            spec.token_types[..n]
-                .iter()
-                .map(|&t| attr_from_type(t))
-                .collect()
+            types[..n].iter().map(|&t| attr_from_type(t)).collect()
         };
 
         let size = table_size(n)?;
