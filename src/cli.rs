@@ -36,6 +36,16 @@ pub enum Command {
     Cache(CacheCommand),
     /// Generate text from a prompt
     Run(RunArgs),
+    /// Talk with a model: one line per user turn from stdin, answers streamed to stdout
+    #[command(
+        long_about = "Talk with a model: each line read from stdin is a user turn, \
+                  rendered with the model's chat template; the answer is streamed to stdout. \
+                  The conversation stays in the KV cache, so each turn evaluates only its new \
+                  tokens.\n\n\
+                  /reset clears the conversation, /exit (or end of input) quits. Ctrl-C stops \
+                  the answer being written (what was written is kept); at the prompt it quits."
+    )]
+    Chat(ChatArgs),
     /// Print the token ids of a text, as llama.cpp would give them
     Tokenize(TokenizeArgs),
     /// Write the last position's logits of a prompt as little-endian f32
@@ -131,16 +141,9 @@ pub struct ModelArgs {
     pub ctx: Option<usize>,
 }
 
-#[derive(Args, Debug)]
-pub struct RunArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    /// The prompt (special tokens such as <|im_start|> are parsed)
-    #[arg(short, long)]
-    pub prompt: String,
-    /// Maximum number of tokens to generate
-    #[arg(short = 'n', long, default_value_t = 128)]
-    pub n_predict: usize,
+/// How tokens are picked, shared by `run` and `chat`.
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
     /// Sampling temperature; 0 means greedy
     #[arg(long, default_value_t = 0.8)]
     pub temp: f32,
@@ -162,9 +165,60 @@ pub struct RunArgs {
     /// Stop when the generated text contains this string (repeatable; not printed)
     #[arg(long)]
     pub stop: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The prompt (special tokens such as <|im_start|> are parsed)
+    #[arg(short, long)]
+    pub prompt: String,
+    /// Maximum number of tokens to generate
+    #[arg(short = 'n', long, default_value_t = 128)]
+    pub n_predict: usize,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Send the prompt as a user turn through the model's chat template; generation
+    /// ends at the model's end-of-turn token
+    #[arg(long)]
+    pub chat: bool,
+    /// A system message before the user turn (with --chat)
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
+    /// If the model's chat template is missing or fails, use plain ChatML instead of
+    /// stopping with an error (with --chat)
+    #[arg(long, requires = "chat")]
+    pub chat_template_fallback: bool,
     /// Print one JSON object (text, ids, finish_reason, timings) instead of streaming
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A system message that opens the conversation (kept by /reset)
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Maximum number of tokens per answer
+    #[arg(short = 'n', long, default_value_t = 1024)]
+    pub n_predict: usize,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// If the model's chat template is missing or fails, use plain ChatML instead of
+    /// stopping with an error
+    #[arg(long)]
+    pub chat_template_fallback: bool,
+    /// Print each answer as one JSON line (text, token counts, cache reuse, timings)
+    /// instead of streaming it
+    #[arg(long)]
+    pub json: bool,
+    /// After each answer, print token counts (new vs reused from the cache) and speed
+    /// on stderr
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
 }
 
 #[derive(Args, Debug)]

@@ -5,6 +5,7 @@ use std::io::Read;
 use std::path::Path;
 
 use smq_format::{MappedModel, SmqFile, MAGIC};
+use smq_runtime::arch::Architecture;
 use smq_runtime::model::Model;
 use smq_runtime::tokenizer::Tokenizer;
 
@@ -81,16 +82,24 @@ fn open_smq(path: &Path, verify: bool) -> Result<MappedModel, CliError> {
     Ok(file.into_mapped())
 }
 
-/// The model's weights and tokenizer, ready to run.
-pub fn load<'a>(mapped: &'a MappedModel) -> Result<(Model<'a>, Tokenizer), CliError> {
-    let model = Model::load(mapped)?;
-    let spec = mapped
+/// The model's weights, its tokenizer and its chat template (`tokenizer.chat_template`),
+/// ready to run. The tokenizer takes over the manifest's token table rather than copying
+/// it, so loading allocates little beyond the manifest.
+pub fn load(mapped: &mut MappedModel) -> Result<(Model<'_>, Tokenizer, Option<String>), CliError> {
+    // An architecture smq cannot run is the first thing to report, whatever else is wrong.
+    Architecture::from_name(&mapped.manifest.config.architecture)?;
+    let mut spec = mapped
         .manifest
         .tokenizer
-        .as_ref()
+        .take()
         .ok_or_else(|| fail("the model has no tokenizer"))?;
-    let tokenizer = Tokenizer::from_spec(spec)?;
-    Ok((model, tokenizer))
+    let chat_template = spec.chat_template.take();
+    let tokenizer = Tokenizer::from_owned(spec)?;
+    let mapped: &MappedModel = mapped;
+    let mut model = Model::load(mapped)?;
+    // The tokenizer knows every token that ends a turn (by type and by name).
+    model.eog_ids = tokenizer.end_of_generation_ids().to_vec();
+    Ok((model, tokenizer, chat_template))
 }
 
 /// The context size to use: `--ctx`, else the model's own capped at a default that keeps

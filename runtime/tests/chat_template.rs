@@ -449,10 +449,16 @@ fn strftime_now_gives_todays_date() {
     );
 }
 
+/// `ChatTemplate::for_model` as a runtime calls it: the file's template and its tokenizer.
+fn for_model(spec: &TokenizerSpec) -> Result<ChatTemplate, ChatError> {
+    let tokenizer = Tokenizer::from_spec(spec).expect("tokenizer");
+    ChatTemplate::for_model(spec.chat_template.as_deref(), &tokenizer)
+}
+
 #[test]
 fn for_model_uses_the_file_template_or_a_matching_stand_in() {
     if let Some(spec) = spec_of(SMOLLM2) {
-        let own = ChatTemplate::for_model(&spec).unwrap();
+        let own = for_model(&spec).unwrap();
         let chat = msgs(&[("user", "What is the capital of France?")]);
         assert_eq!(
             own.render(&chat, true).unwrap(),
@@ -462,7 +468,7 @@ fn for_model_uses_the_file_template_or_a_matching_stand_in() {
     let Some(spec) = spec_of(GEMMA3) else { return };
     // No template in this GGUF: the stand-in chosen from <start_of_turn> must
     // agree with Gemma 3's published template on plain-text conversations.
-    let stand_in = ChatTemplate::for_model(&spec).unwrap();
+    let stand_in = for_model(&spec).unwrap();
     let official = ChatTemplate::new(GEMMA3_TEMPLATE, "<bos>", "<eos>").unwrap();
     let conversations = [
         msgs(&[("user", "What is the capital of France?")]),
@@ -489,8 +495,5 @@ fn for_model_uses_the_file_template_or_a_matching_stand_in() {
     let mut bare = spec.clone();
     bare.token_bytes = b"abc".to_vec();
     bare.token_offsets = vec![0, 1, 2, 3];
-    assert!(matches!(
-        ChatTemplate::for_model(&bare),
-        Err(ChatError::NoTemplate)
-    ));
+    assert!(matches!(for_model(&bare), Err(ChatError::NoTemplate)));
 }

@@ -20,8 +20,8 @@ pub fn run(args: &BenchArgs, process_start: Instant) -> CliResult {
     }
     let threads = model_open::setup_threads(&args.model)?;
     let load_start = Instant::now();
-    let mapped = model_open::open(&args.model)?;
-    let (model, _tokenizer) = model_open::load(&mapped)?;
+    let mut mapped = model_open::open(&args.model)?;
+    let (model, _tokenizer, _) = model_open::load(&mut mapped)?;
     let load_ms = ms(load_start);
     let n_ctx = args.n_prompt.max(args.n_gen + 1).max(TTFT_PROMPT);
     let mut session = Session::new(&model, n_ctx)?;

@@ -8,6 +8,8 @@ use serde_json::{json, Value};
 use smq_converter::gguf::GgufFile;
 use smq_converter::manifest_from_gguf::describe_gguf;
 use smq_format::{map_file, Metadata, ModelConfig, SmqFile, TokenizerSpec, MAGIC};
+use smq_runtime::chat::ChatTemplate;
+use smq_runtime::tokenizer::Tokenizer;
 
 use super::{check_input, fail, hex, mb, print_json, CliError, CliResult};
 use crate::cli::InspectArgs;
@@ -138,7 +140,46 @@ fn token_text(t: &TokenizerSpec, id: Option<u32>) -> String {
     }
 }
 
+/// What chat needs from a tokenizer: where the template comes from, and which tokens
+/// end a turn.
+struct ChatInfo {
+    /// "file", "stand-in" (none in the file; chosen by the vocabulary's turn markers),
+    /// or `None` when there is no usable template.
+    template_source: Option<&'static str>,
+    template_error: Option<String>,
+    /// (id, text) of every end-of-generation token; `None` if the tokenizer cannot load.
+    end_of_turn: Option<Vec<(u32, String)>>,
+}
+
+fn chat_info(t: &TokenizerSpec) -> ChatInfo {
+    let in_file = t.chat_template.as_deref().is_some_and(|s| !s.is_empty());
+    let tokenizer = Tokenizer::from_spec(t);
+    let (template_source, template_error) = match &tokenizer {
+        Ok(tok) => match ChatTemplate::for_model(t.chat_template.as_deref(), tok) {
+            Ok(_) if in_file => (Some("file"), None),
+            Ok(_) => (Some("stand-in"), None),
+            Err(e) => (None, Some(e.to_string())),
+        },
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let end_of_turn = tokenizer.ok().map(|tok| {
+        tok.end_of_generation_ids()
+            .iter()
+            .map(|&id| {
+                let text = tok.token_text(id).unwrap_or_default();
+                (id, String::from_utf8_lossy(text).into_owned())
+            })
+            .collect()
+    });
+    ChatInfo {
+        template_source,
+        template_error,
+        end_of_turn,
+    }
+}
+
 fn tokenizer_json(t: &TokenizerSpec) -> Value {
+    let chat = chat_info(t);
     json!({
         "model": t.model,
         "pre": t.pre,
@@ -153,6 +194,12 @@ fn tokenizer_json(t: &TokenizerSpec) -> Value {
         "add_eos": t.add_eos,
         "add_space_prefix": t.add_space_prefix,
         "chat_template": t.chat_template,
+        "chat_template_source": chat.template_source,
+        "chat_template_error": chat.template_error,
+        "end_of_turn": chat.end_of_turn.map(|ids| ids
+            .into_iter()
+            .map(|(id, text)| json!({ "id": id, "text": text }))
+            .collect::<Vec<_>>()),
     })
 }
 
@@ -174,6 +221,48 @@ fn to_json(v: &FileView) -> Value {
             "name": t.name, "type": t.ty, "shape": t.shape, "offset": t.offset, "size": t.size,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// Lines of the chat template shown by default, and characters per line.
+const TEMPLATE_LINES: usize = 4;
+const TEMPLATE_LINE_CHARS: usize = 100;
+
+fn print_chat(t: &TokenizerSpec) {
+    let chat = chat_info(t);
+    match (&t.chat_template, chat.template_source) {
+        (Some(c), _) if !c.is_empty() => {
+            let lines = c.lines().count();
+            println!(
+                "  chat template: {} chars, {lines} lines (inspect --json shows it all)",
+                c.chars().count()
+            );
+            for line in c.lines().take(TEMPLATE_LINES) {
+                let shown: String = line.chars().take(TEMPLATE_LINE_CHARS).collect();
+                let more = if shown.len() < line.len() { " …" } else { "" };
+                println!("    | {shown}{more}");
+            }
+            if lines > TEMPLATE_LINES {
+                println!("    | … {} more lines", lines - TEMPLATE_LINES);
+            }
+        }
+        (_, Some(_)) => println!(
+            "  chat template: none in the file; chat uses a stand-in matching the vocabulary's turn markers"
+        ),
+        _ => println!("  chat template: none"),
+    }
+    if let Some(e) = &chat.template_error {
+        if t.chat_template.as_deref().is_some_and(|s| !s.is_empty()) {
+            println!("    unusable: {e}");
+        }
+    }
+    match &chat.end_of_turn {
+        Some(ids) if !ids.is_empty() => {
+            let shown: Vec<String> = ids.iter().map(|(id, s)| format!("{id} {s:?}")).collect();
+            println!("  end of turn:   {}", shown.join(", "));
+        }
+        Some(_) => println!("  end of turn:   none"),
+        None => {}
+    }
 }
 
 fn print_human(v: &FileView, all_tensors: bool) {
@@ -211,13 +300,7 @@ fn print_human(v: &FileView, all_tensors: bool) {
                 t.add_bos,
                 t.add_eos
             );
-            match &t.chat_template {
-                Some(c) => println!(
-                    "  chat template: {} chars (inspect --json shows it)",
-                    c.len()
-                ),
-                None => println!("  chat template: none"),
-            }
+            print_chat(t);
         }
     }
     println!("metadata:      {} keys", v.metadata.entries.len());

@@ -12,8 +12,8 @@ use crate::model_open;
 pub fn run(args: &LogitsArgs) -> CliResult {
     check_output(&args.output, args.force)?;
     model_open::setup_threads(&args.model)?;
-    let mapped = model_open::open(&args.model)?;
-    let (model, tokenizer) = model_open::load(&mapped)?;
+    let mut mapped = model_open::open(&args.model)?;
+    let (model, tokenizer, _) = model_open::load(&mut mapped)?;
     let n_ctx = model_open::context_size(&args.model, &model)?;
     let ids = tokenizer.encode(&args.prompt, true, true);
     if ids.len() > n_ctx {

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod cache;
+pub mod chat;
 pub mod export;
 pub mod import;
 pub mod inspect;

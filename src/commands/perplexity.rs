@@ -13,8 +13,8 @@ pub fn run(args: &PerplexityArgs) -> CliResult {
     model_open::setup_threads(&args.model)?;
     let text = std::fs::read_to_string(&args.file)
         .map_err(|e| fail(format!("{}: {e}", args.file.display())))?;
-    let mapped = model_open::open(&args.model)?;
-    let (model, tokenizer) = model_open::load(&mapped)?;
+    let mut mapped = model_open::open(&args.model)?;
+    let (model, tokenizer, _) = model_open::load(&mut mapped)?;
     let ids = tokenizer.encode(&text, false, false);
     let start = std::time::Instant::now();
     let p = perplexity(&model, &ids, args.window, args.max_windows)?;

@@ -8,8 +8,8 @@ use crate::model_open;
 
 pub fn run(args: &TokenizeArgs) -> CliResult {
     model_open::setup_threads(&args.model)?;
-    let mapped = model_open::open(&args.model)?;
-    let (_, tokenizer) = model_open::load(&mapped)?;
+    let mut mapped = model_open::open(&args.model)?;
+    let (_, tokenizer, _) = model_open::load(&mut mapped)?;
     let ids = tokenizer.encode(&args.text, true, true);
     if args.json {
         print_json(&json!({ "ids": ids }));

@@ -2,7 +2,7 @@
 //! file has one, otherwise a stand-in picked from the turn markers its
 //! vocabulary defines (some GGUFs, e.g. Gemma 3 270M exports, ship none).
 
-use smq_format::TokenizerSpec;
+use crate::tokenizer::Tokenizer;
 
 use super::error::ChatError;
 use super::template::ChatTemplate;
@@ -34,22 +34,23 @@ const BY_MARKERS: [(&[&str], &str); 2] = [
 ];
 
 impl ChatTemplate {
-    /// The model's own template, or a stand-in matching the turn markers of
-    /// its vocabulary when the file carries none.
-    pub fn for_model(spec: &TokenizerSpec) -> Result<ChatTemplate, ChatError> {
+    /// The model's own template (`tokenizer.chat_template`), or a stand-in matching the
+    /// turn markers of its vocabulary when the file carries none.
+    pub fn for_model(
+        template: Option<&str>,
+        tokenizer: &Tokenizer,
+    ) -> Result<ChatTemplate, ChatError> {
         let text = |id: Option<u32>| {
-            id.and_then(|id| spec.token(id as usize))
+            id.and_then(|id| tokenizer.token_text(id))
                 .map(|b| String::from_utf8_lossy(b).into_owned())
                 .unwrap_or_default()
         };
-        let (bos, eos) = (text(spec.bos_id), text(spec.eos_id));
-        if let Some(source) = spec.chat_template.as_deref().filter(|s| !s.is_empty()) {
+        let (bos, eos) = (text(tokenizer.bos_id()), text(tokenizer.eos_id()));
+        if let Some(source) = template.filter(|s| !s.is_empty()) {
             return ChatTemplate::new(source, &bos, &eos);
         }
-        let has =
-            |marker: &str| (0..spec.n_tokens()).any(|i| spec.token(i) == Some(marker.as_bytes()));
         for (markers, source) in BY_MARKERS {
-            if markers.iter().all(|m| has(m)) {
+            if markers.iter().all(|m| tokenizer.token_id(m).is_some()) {
                 return ChatTemplate::new(source, &bos, &eos);
             }
         }

@@ -308,6 +308,11 @@ impl Tokenizer {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
+    /// The id of the token whose text is exactly `text`.
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.vocab.lookup(text.as_bytes())
+    }
+
     pub fn n_vocab(&self) -> usize {
         self.vocab.len()
     }
