@@ -56,6 +56,21 @@ pub enum Command {
     Bench(BenchArgs),
 }
 
+impl Command {
+    /// The model options of the commands that run a model.
+    pub fn model_args(&self) -> Option<&ModelArgs> {
+        match self {
+            Command::Run(a) => Some(&a.model),
+            Command::Chat(a) => Some(&a.model),
+            Command::Tokenize(a) => Some(&a.model),
+            Command::Logits(a) => Some(&a.model),
+            Command::Perplexity(a) => Some(&a.model),
+            Command::Bench(a) => Some(&a.model),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct ImportArgs {
     /// The GGUF file to convert

@@ -18,7 +18,26 @@ fn main() -> ExitCode {
     let process_start = Instant::now();
     signals::restore_default_sigpipe();
     let cli = Cli::parse();
-    let result = match &cli.command {
+    let result = match cli.command.model_args().map(model_open::thread_count) {
+        None => dispatch(&cli.command, process_start),
+        Some(Err(e)) => Err(e),
+        Some(Ok(threads)) => {
+            model_open::on_pool(threads, || dispatch(&cli.command, process_start)).and_then(|r| r)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, whatever the inner error carried.
+            let msg = e.to_string().replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: &Command, process_start: Instant) -> commands::CliResult {
+    match command {
         Command::Import(a) => commands::import::run(a),
         Command::Export(a) => commands::export::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
@@ -30,15 +49,6 @@ fn main() -> ExitCode {
         Command::Logits(a) => commands::logits::run(a),
         Command::Perplexity(a) => commands::perplexity::run(a),
         Command::Bench(a) => commands::bench::run(a, process_start),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // One line, whatever the inner error carried.
-            let msg = e.to_string().replace('\n', " ");
-            eprintln!("error: {msg}");
-            ExitCode::FAILURE
-        }
     }
 }
 

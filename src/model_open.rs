@@ -35,19 +35,29 @@ fn kind_of(path: &Path) -> Result<Kind, CliError> {
     }
 }
 
-/// Validates the shared model options and configures the global thread pool.
-pub fn setup_threads(args: &ModelArgs) -> Result<usize, CliError> {
-    let threads = match args.threads {
-        Some(0) => return Err(fail("--threads must be at least 1")),
-        Some(n) => n,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    };
-    // Only fails if a pool was already built, which would be a bug in this binary.
-    rayon::ThreadPoolBuilder::new()
+/// The number of worker threads `--threads` asks for (default: one per CPU).
+pub fn thread_count(args: &ModelArgs) -> Result<usize, CliError> {
+    match args.threads {
+        Some(0) => Err(fail("--threads must be at least 1")),
+        Some(n) => Ok(n),
+        None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+    }
+}
+
+/// Runs `work` on a pool of `threads` workers. The model's parallel loops then start on
+/// a worker that takes part in them, instead of handing every matmul to another thread
+/// and sleeping until it is done (two context switches per matmul, hundreds per token).
+pub fn on_pool<R: Send>(threads: usize, work: impl FnOnce() -> R + Send) -> Result<R, CliError> {
+    let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
-        .build_global()
+        .build()
         .map_err(|e| fail(format!("cannot start {threads} worker threads: {e}")))?;
-    Ok(threads)
+    Ok(pool.install(work))
+}
+
+/// Worker threads of the pool the command runs on.
+pub fn setup_threads(_args: &ModelArgs) -> Result<usize, CliError> {
+    Ok(rayon::current_num_threads())
 }
 
 /// Maps the model named by `args`.

@@ -287,11 +287,11 @@ impl WeightBlock for BlockQ8_0 {
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// f16 bits → f32 with the F16C instruction (exact).
+    /// f16 → f32 with the F16C instruction (exact).
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     pub fn h2f(h: half::f16) -> f32 {
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
+        crate::quant::f16c::f16_to_f32(h.to_bits())
     }
 
     /// 16 packed bytes → 32 unsigned nibbles (low nibbles first, then high).
@@ -300,8 +300,11 @@ mod x86 {
     pub fn unpack_nibbles(qs: &[u8; 16]) -> __m256i {
         // SAFETY: `qs` is 16 readable bytes; unaligned load.
         let v = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
-        let both = _mm256_set_m128i(_mm_srli_epi16(v, 4), v);
-        _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+        // Both lanes hold the 16 bytes (a load, no shuffle); the upper lane is shifted by
+        // 4 so that masking leaves low nibbles below and high nibbles above.
+        let both = _mm256_broadcastsi128_si256(v);
+        let shifted = _mm256_srlv_epi64(both, _mm256_setr_epi64x(0, 0, 4, 4));
+        _mm256_and_si256(shifted, _mm256_set1_epi8(0x0F))
     }
 
     /// A 32-bit mask → 32 bytes, 0xFF where bit j is set.
@@ -343,6 +346,15 @@ mod x86 {
                     BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1,
                 };
                 use super::{expand_bits, h2f, hsum, load32, unpack_nibbles};
+                use crate::quant::f16c::f16x2_to_f32;
+
+                /// `a · b` of two halves with a single conversion.
+                #[target_feature(enable = $features)]
+                #[inline]
+                fn scale_product(a: half::f16, b: half::f16) -> f32 {
+                    let v = f16x2_to_f32(a.to_bits(), b.to_bits());
+                    _mm_cvtss_f32(_mm_mul_ss(v, _mm_movehdup_ps(v)))
+                }
                 use std::arch::x86_64::*;
 
                 /// Unsigned bytes × signed bytes, summed in groups of 4 into i32 lanes.
@@ -387,7 +399,7 @@ mod x86 {
                 pub fn q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
                     let acc = two_acc!(w, a, |x, y| (
                         dot_i8_i8(load32(&x.qs), load32(&y.qs)),
-                        h2f(x.d) * h2f(y.d)
+                        scale_product(x.d, y.d)
                     ));
                     hsum(acc)
                 }
@@ -397,7 +409,7 @@ mod x86 {
                     let eight = _mm256_set1_epi8(8);
                     let acc = two_acc!(w, a, |x, y| (
                         dot_i8_i8(_mm256_sub_epi8(unpack_nibbles(&x.qs), eight), load32(&y.qs)),
-                        h2f(x.d) * h2f(y.d)
+                        scale_product(x.d, y.d)
                     ));
                     hsum(acc)
                 }
@@ -416,23 +428,29 @@ mod x86 {
                             ),
                             load32(&y.qs)
                         ),
-                        h2f(x.d) * h2f(y.d)
+                        scale_product(x.d, y.d)
                     ));
                     hsum(acc)
                 }
 
                 #[target_feature(enable = $features)]
                 pub fn q4_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
-                    // The m·s term rides along in the same pass over the blocks.
-                    let mut summs = 0.0f32;
+                    // One conversion gives [d, m] of the weights and one [d, s] of the
+                    // activations; their product is [d·d', m·s]: lane 0 scales the
+                    // integer dot, lane 1 (the min term) is summed in a vector.
+                    let mut summs = _mm_setzero_ps();
                     let acc = two_acc!(w, a, |x, y| {
-                        summs += h2f(x.m) * h2f(y.s);
+                        let scales = _mm_mul_ps(
+                            f16x2_to_f32(x.d.to_bits(), x.m.to_bits()),
+                            f16x2_to_f32(y.d.to_bits(), y.s.to_bits()),
+                        );
+                        summs = _mm_add_ps(summs, scales);
                         (
                             dot_u8_i8(unpack_nibbles(&x.qs), load32(&y.qs)),
-                            h2f(x.d) * h2f(y.d),
+                            _mm_cvtss_f32(scales),
                         )
                     });
-                    hsum(acc) + summs
+                    hsum(acc) + _mm_cvtss_f32(_mm_movehdup_ps(summs))
                 }
 
                 #[target_feature(enable = $features)]
@@ -450,7 +468,7 @@ mod x86 {
                                 ),
                                 load32(&y.qs),
                             ),
-                            h2f(x.d) * h2f(y.d),
+                            scale_product(x.d, y.d),
                         )
                     });
                     hsum(acc) + summs

@@ -39,6 +39,7 @@ pub trait WeightBlock: Copy + Send + Sync + 'static {
 
 pub mod act;
 pub mod cpu;
+mod f16c;
 pub mod float;
 pub mod kquants;
 pub mod legacy;

@@ -2,12 +2,7 @@
 
 use std::arch::x86_64::*;
 
-/// One IEEE half (raw bits) to f32 with the F16C instruction.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn f16_to_f32(bits: u16) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-}
+pub(super) use crate::quant::f16c::f16_to_f32;
 
 /// Sum of the 8 lanes.
 #[inline]
