@@ -144,7 +144,8 @@ pub fn hash_bytes(bytes: &[u8]) -> [u8; 32] {
     }
 }
 
-fn write_zeros(w: &mut impl Write, mut n: u64) -> std::io::Result<()> {
+/// Writes `n` zero bytes (padding).
+pub fn write_zeros(w: &mut impl Write, mut n: u64) -> std::io::Result<()> {
     const ZEROS: [u8; 4096] = [0; 4096];
     while n > 0 {
         let k = n.min(ZEROS.len() as u64) as usize;

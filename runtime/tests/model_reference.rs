@@ -27,25 +27,13 @@ const TIE_MARGIN: f32 = 0.25;
 const GREEDY_STEPS: usize = 16;
 const PPL_TEXT: &str = "/usr/share/common-licenses/GPL-3";
 
-fn models_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("SMQ_MODELS_DIR") {
-        return PathBuf::from(d);
-    }
-    let home = std::env::var_os("HOME").unwrap_or_default();
-    PathBuf::from(home).join(".cache/smq-models")
-}
-
 fn reference_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/reference")
 }
 
 /// Opens the model, or returns `None` (after printing why) when it is not installed.
 fn open(file: &str) -> Option<MappedModel> {
-    let path = models_dir().join(file);
-    if !path.exists() {
-        println!("skipping: {} not found", path.display());
-        return None;
-    }
+    let path = smq_converter::test_models::find(file)?;
     Some(smq_converter::direct::open_gguf_direct(&path).expect("open model"))
 }
 

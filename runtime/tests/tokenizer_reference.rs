@@ -12,17 +12,9 @@ fn fixtures_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/reference")
 }
 
-fn models_dir() -> Option<PathBuf> {
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/smq-models"))
-}
-
 /// The model's tokenizer, or `None` (with a note) when the model is not cached.
 fn load(model_file: &str) -> Option<Tokenizer> {
-    let path = models_dir()?.join(model_file);
-    if !path.exists() {
-        eprintln!("note: {} not found, skipping", path.display());
-        return None;
-    }
+    let path = smq_converter::test_models::find(model_file)?;
     let model = smq_converter::direct::open_gguf_direct(&path).expect("open gguf");
     let spec = model
         .manifest

@@ -312,14 +312,8 @@ fn write_value<W: Write>(w: &mut W, v: &MetadataValue, key: &str) -> Result<()> 
     Ok(())
 }
 
-fn write_zeros<W: Write>(w: &mut W, mut n: u64) -> Result<()> {
-    const ZEROS: [u8; 4096] = [0; 4096];
-    while n > 0 {
-        let k = n.min(ZEROS.len() as u64) as usize;
-        w.write_all(&ZEROS[..k])?;
-        n -= k as u64;
-    }
-    Ok(())
+fn write_zeros<W: Write>(w: &mut W, n: u64) -> Result<()> {
+    Ok(smq_format::writer::write_zeros(w, n)?)
 }
 
 /// Counts bytes passing through, so the header writer knows where it ended.

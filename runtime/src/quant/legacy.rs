@@ -94,6 +94,22 @@ fn idot(q: &[u8; QK8], offset: i32, a: &[i8; QK8]) -> i32 {
         .sum()
 }
 
+/// A type's `vec_dot`: its kernel on the SIMD path asked for, else the scalar reference.
+macro_rules! dispatch {
+    ($path:expr, $kernel:ident, $w:expr, $a:expr) => {{
+        debug_assert!($path.is_supported());
+        debug_assert_eq!($w.len(), $a.len());
+        match $path {
+            // SAFETY (both arms): the caller checked that this CPU supports `path`.
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx512Vnni => unsafe { x86::vnni::$kernel($w, $a) },
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx2 => unsafe { x86::avx2::$kernel($w, $a) },
+            _ => Self::vec_dot_ref($w, $a),
+        }
+    }};
+}
+
 impl WeightBlock for BlockQ4_0 {
     const TYPE: GgmlType = GgmlType::Q4_0;
     const BLOCK_ELEMS: usize = QK8;
@@ -115,16 +131,7 @@ impl WeightBlock for BlockQ4_0 {
     }
 
     fn vec_dot(path: KernelPath, w: &[Self], a: &[BlockQ8_0]) -> f32 {
-        debug_assert!(path.is_supported());
-        debug_assert_eq!(w.len(), a.len());
-        match path {
-            // SAFETY (all arms): the caller checked that this CPU supports `path`.
-            #[cfg(target_arch = "x86_64")]
-            KernelPath::Avx512Vnni => unsafe { x86::vnni::q4_0(w, a) },
-            #[cfg(target_arch = "x86_64")]
-            KernelPath::Avx2 => unsafe { x86::avx2::q4_0(w, a) },
-            _ => Self::vec_dot_ref(w, a),
-        }
+        dispatch!(path, q4_0, w, a)
     }
 }
 
@@ -152,16 +159,7 @@ impl WeightBlock for BlockQ4_1 {
     }
 
     fn vec_dot(path: KernelPath, w: &[Self], a: &[BlockQ8_1]) -> f32 {
-        debug_assert!(path.is_supported());
-        debug_assert_eq!(w.len(), a.len());
-        match path {
-            // SAFETY (all arms): the caller checked that this CPU supports `path`.
-            #[cfg(target_arch = "x86_64")]
-            KernelPath::Avx512Vnni => unsafe { x86::vnni::q4_1(w, a) },
-            #[cfg(target_arch = "x86_64")]
-            KernelPath::Avx2 => unsafe { x86::avx2::q4_1(w, a) },
-            _ => Self::vec_dot_ref(w, a),
-        }
+        dispatch!(path, q4_1, w, a)
     }
 }
 
@@ -188,16 +186,7 @@ impl WeightBlock for BlockQ5_0 {
     }
 
     fn vec_dot(path: KernelPath, w: &[Self], a: &[BlockQ8_0]) -> f32 {
-        debug_assert!(path.is_supported());
-        debug_assert_eq!(w.len(), a.len());
-        match path {
-            // SAFETY (all arms): the caller checked that this CPU supports `path`.
-            #[cfg(target_arch = "x86_64")]
-            KernelPath::Avx512Vnni => unsafe { x86::vnni::q5_0(w, a) },
-            #[cfg(target_arch = "x86_64")]
-            KernelPath::Avx2 => unsafe { x86::avx2::q5_0(w, a) },
-            _ => Self::vec_dot_ref(w, a),
-        }
+        dispatch!(path, q5_0, w, a)
     }
 }
 
@@ -225,16 +214,7 @@ impl WeightBlock for BlockQ5_1 {
     }
 
     fn vec_dot(path: KernelPath, w: &[Self], a: &[BlockQ8_1]) -> f32 {
-        debug_assert!(path.is_supported());
-        debug_assert_eq!(w.len(), a.len());
-        match path {
-            // SAFETY (all arms): the caller checked that this CPU supports `path`.
-            #[cfg(target_arch = "x86_64")]
-            KernelPath::Avx512Vnni => unsafe { x86::vnni::q5_1(w, a) },
-            #[cfg(target_arch = "x86_64")]
-            KernelPath::Avx2 => unsafe { x86::avx2::q5_1(w, a) },
-            _ => Self::vec_dot_ref(w, a),
-        }
+        dispatch!(path, q5_1, w, a)
     }
 }
 
@@ -266,16 +246,7 @@ impl WeightBlock for BlockQ8_0 {
     }
 
     fn vec_dot(path: KernelPath, w: &[Self], a: &[BlockQ8_0]) -> f32 {
-        debug_assert!(path.is_supported());
-        debug_assert_eq!(w.len(), a.len());
-        match path {
-            // SAFETY (all arms): the caller checked that this CPU supports `path`.
-            #[cfg(target_arch = "x86_64")]
-            KernelPath::Avx512Vnni => unsafe { x86::vnni::q8_0(w, a) },
-            #[cfg(target_arch = "x86_64")]
-            KernelPath::Avx2 => unsafe { x86::avx2::q8_0(w, a) },
-            _ => Self::vec_dot_ref(w, a),
-        }
+        dispatch!(path, q8_0, w, a)
     }
 }
 

@@ -12,6 +12,21 @@
 //! form (19 vs 21 GB/s from L2). VNNI pays off with row-interleaved layouts, where one
 //! activation load feeds many rows.
 
+/// A type's `vec_dot`: its AVX2 kernel (also used on the VNNI path) in its file's `avx2`
+/// module, else the scalar reference. Declared before the type modules that use it.
+macro_rules! dispatch {
+    ($path:expr, $w:expr, $a:expr) => {{
+        check_row_lengths($w.len(), $a.len());
+        debug_assert!($path.is_supported());
+        match $path {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the caller checked that this CPU supports `path`, which implies AVX2.
+            KernelPath::Avx2 | KernelPath::Avx512Vnni => unsafe { avx2::vec_dot($w, $a) },
+            _ => Self::vec_dot_ref($w, $a),
+        }
+    }};
+}
+
 mod q2k;
 mod q3k;
 mod q4k;

@@ -74,14 +74,7 @@ impl WeightBlock for BlockQ4K {
     }
 
     fn vec_dot(path: KernelPath, w: &[Self], a: &[BlockQ8K]) -> f32 {
-        check_row_lengths(w.len(), a.len());
-        debug_assert!(path.is_supported());
-        match path {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: the caller checked that this CPU supports `path`, which implies AVX2.
-            KernelPath::Avx2 | KernelPath::Avx512Vnni => unsafe { avx2::vec_dot(w, a) },
-            _ => Self::vec_dot_ref(w, a),
-        }
+        dispatch!(path, w, a)
     }
 }
 
