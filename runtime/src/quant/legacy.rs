@@ -342,6 +342,9 @@ mod x86 {
                     dot_u8_i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w))
                 }
 
+                /// How far ahead of the current block the weights are prefetched.
+                const PREFETCH_AHEAD: usize = 1024;
+
                 /// Runs `$block` over block pairs with two accumulators (hides FMA
                 /// latency), then the odd block; yields the summed vector.
                 macro_rules! two_acc {
@@ -351,6 +354,12 @@ mod x86 {
                         let mut wp = $w.chunks_exact(2);
                         let mut ap = $act.chunks_exact(2);
                         for (ww, aa) in (&mut wp).zip(&mut ap) {
+                            // Weights stream from memory once per token: ask for them
+                            // early so the loads below find them in cache. A prefetch
+                            // past the end of the matrix is harmless.
+                            _mm_prefetch::<_MM_HINT_T0>(
+                                ww.as_ptr().cast::<i8>().wrapping_add(PREFETCH_AHEAD),
+                            );
                             let ($x, $y) = (&ww[0], &aa[0]);
                             let (s, d) = $blk;
                             acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(s), acc0);
