@@ -221,15 +221,7 @@ fn hash_file_is_blake3_of_the_bytes() {
 
 /// The real models, if they are cached; `None` (with a note) otherwise.
 fn real_model(name: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(std::env::var_os("HOME")?)
-        .join(".cache/smq-models")
-        .join(name);
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("note: {} is missing; skipping", p.display());
-        None
-    }
+    crate::test_models::find(name)
 }
 
 fn type_counts(f: &GgufFile) -> Vec<(GgmlType, usize)> {
