@@ -209,6 +209,79 @@ pub fn add_inplace(acc: &mut [f32], x: &[f32]) {
 /// Dot product of two fp16 vectors, accumulated in f32 over 8 lanes.
 #[inline]
 fn dot_f16(a: &[f16], b: &[f16]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::quant::cpu::best_path() >= crate::quant::KernelPath::Avx2 {
+        // SAFETY: the best path is one this CPU supports, and AVX2 implies F16C here.
+        return unsafe { f16_simd::dot(a, b) };
+    }
+    dot_f16_scalar(a, b)
+}
+
+/// `out += p · v` over fp16 values, each element a separate multiply and add (no FMA),
+/// so every path gives the same bits.
+fn axpy_f16(out: &mut [f32], p: f32, v: &[f16]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::quant::cpu::best_path() >= crate::quant::KernelPath::Avx2 {
+        // SAFETY: as in `dot_f16`.
+        return unsafe { f16_simd::axpy(out, p, v) };
+    }
+    for (a, &x) in out.iter_mut().zip(v) {
+        *a += p * x.to_f32();
+    }
+}
+
+/// The fp16 loops of attention on 8 lanes, in the same lane order and with the same
+/// separate multiplies and adds as the scalar code.
+#[cfg(target_arch = "x86_64")]
+mod f16_simd {
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,f16c")]
+    fn load8(x: &[f16]) -> __m256 {
+        // SAFETY: callers pass at least 8 elements; unaligned load.
+        _mm256_cvtph_ps(unsafe { _mm_loadu_si128(x.as_ptr().cast()) })
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) fn dot(a: &[f16], b: &[f16]) -> f32 {
+        let n = a.len().min(b.len());
+        let chunks = n / 8 * 8;
+        let mut acc = _mm256_setzero_ps();
+        for i in (0..chunks).step_by(8) {
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(load8(&a[i..]), load8(&b[i..])));
+        }
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: `lanes` holds 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+        let mut sum: f32 = lanes.iter().sum();
+        for (x, y) in a[chunks..n].iter().zip(&b[chunks..n]) {
+            sum += x.to_f32() * y.to_f32();
+        }
+        sum
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) fn axpy(out: &mut [f32], p: f32, v: &[f16]) {
+        let n = out.len().min(v.len());
+        let chunks = n / 8 * 8;
+        let pv = _mm256_set1_ps(p);
+        for i in (0..chunks).step_by(8) {
+            // SAFETY: `i + 8 <= n` for both slices; unaligned loads and stores.
+            unsafe {
+                let o = _mm256_loadu_ps(out.as_ptr().add(i));
+                let r = _mm256_add_ps(o, _mm256_mul_ps(pv, load8(&v[i..])));
+                _mm256_storeu_ps(out.as_mut_ptr().add(i), r);
+            }
+        }
+        for (a, &x) in out[chunks..n].iter_mut().zip(&v[chunks..n]) {
+            *a += p * x.to_f32();
+        }
+    }
+}
+
+/// The portable reference of [`dot_f16`]: eight lane sums, then the tail.
+fn dot_f16_scalar(a: &[f16], b: &[f16]) -> f32 {
     let mut acc = [0.0f32; 8];
     let chunks = a.len() / 8 * 8;
     for (ca, cb) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
@@ -286,9 +359,7 @@ pub fn attention_head(
     out.fill(0.0);
     for (pos, &p) in visible.zip(&scratch.scores) {
         let p = f16::from_f32(p * inv).to_f32();
-        for (a, &x) in out.iter_mut().zip(values.row(pos, dv)) {
-            *a += p * x.to_f32();
-        }
+        axpy_f16(out, p, values.row(pos, dv));
     }
 }
 
@@ -438,6 +509,45 @@ mod tests {
                 "{d}: {} vs {expect}",
                 out[d]
             );
+        }
+    }
+
+    /// The SIMD attention loops equal the scalar ones bit for bit, tails included.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn fp16_simd_loops_equal_the_scalar_reference() {
+        if !crate::quant::KernelPath::Avx2.is_supported() {
+            println!("skipped: AVX2 is not supported on this CPU");
+            return;
+        }
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 8.0
+        };
+        for n in [1usize, 7, 8, 13, 64, 256, 259] {
+            let a: Vec<f16> = (0..n).map(|_| f16::from_f32(next())).collect();
+            let b: Vec<f16> = (0..n).map(|_| f16::from_f32(next())).collect();
+            // SAFETY: AVX2 (and with it F16C here) was checked above.
+            let simd = unsafe { f16_simd::dot(&a, &b) };
+            assert_eq!(
+                simd.to_bits(),
+                dot_f16_scalar(&a, &b).to_bits(),
+                "dot n={n}"
+            );
+
+            let p = next();
+            let mut want: Vec<f32> = (0..n).map(|_| next()).collect();
+            let mut got = want.clone();
+            for (o, &x) in want.iter_mut().zip(&b) {
+                *o += p * x.to_f32();
+            }
+            // SAFETY: as above.
+            unsafe { f16_simd::axpy(&mut got, p, &b) };
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "axpy n={n}");
         }
     }
 

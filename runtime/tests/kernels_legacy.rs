@@ -458,7 +458,7 @@ where
         let bpr = cols / 32;
         let w: Vec<B> = (0..rows * bpr).map(|_| B::random(&mut r)).collect();
         let wm = WeightMatrix::new(B::TYPE, rows, cols, as_bytes(&w)).unwrap();
-        for n_tokens in [1usize, 3] {
+        for n_tokens in [1usize, 3, 6] {
             let x = random_acts(&mut r, n_tokens * cols);
             let acts: Vec<Vec<B::Act>> = x.chunks_exact(cols).map(quantize::<B::Act>).collect();
             let mut want = vec![0.0f32; rows * n_tokens];
@@ -709,4 +709,38 @@ fn matmul_dispatches_kquants() {
     check_kquant_dispatch::<BlockQ4K>();
     check_kquant_dispatch::<BlockQ5K>();
     check_kquant_dispatch::<BlockQ6K>();
+}
+
+/// The four-token kernels equal four single-token dot products bit for bit, on every
+/// path (so a prompt evaluated in a batch and token by token gives the same logits).
+fn check_x4<B: RandomBlock>() {
+    let mut r = Rng(B::TYPE.id() as u64 * 104_729 + 3);
+    for n in [1usize, 2, 3, 17, 18, 64] {
+        let w: Vec<B> = (0..n).map(|_| B::random(&mut r)).collect();
+        let acts: Vec<Vec<B::Act>> = (0..4)
+            .map(|_| quantize::<B::Act>(&random_acts(&mut r, n * 32)))
+            .collect();
+        for path in KernelPath::supported() {
+            let four = B::vec_dot_x4(path, &w, [&acts[0], &acts[1], &acts[2], &acts[3]]);
+            for (k, a) in acts.iter().enumerate() {
+                let one = B::vec_dot(path, &w, a);
+                assert_eq!(
+                    four[k].to_bits(),
+                    one.to_bits(),
+                    "{} {path:?} n={n} token {k}: {} vs {one}",
+                    B::TYPE,
+                    four[k]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn four_token_kernels_equal_single_token_ones() {
+    check_x4::<BlockQ4_0>();
+    check_x4::<BlockQ4_1>();
+    check_x4::<BlockQ5_0>();
+    check_x4::<BlockQ5_1>();
+    check_x4::<BlockQ8_0>();
 }

@@ -110,6 +110,23 @@ macro_rules! dispatch {
     }};
 }
 
+/// A type's `vec_dot_x4`: its four-token kernel on the SIMD path asked for, else four
+/// single-token dot products.
+macro_rules! dispatch_x4 {
+    ($path:expr, $kernel:ident, $w:expr, $a:expr) => {{
+        debug_assert!($path.is_supported());
+        debug_assert!($a.iter().all(|a| a.len() == $w.len()));
+        match $path {
+            // SAFETY (both arms): the caller checked that this CPU supports `path`.
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx512Vnni => unsafe { x86::vnni::$kernel($w, $a) },
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx2 => unsafe { x86::avx2::$kernel($w, $a) },
+            _ => $a.map(|a| Self::vec_dot($path, $w, a)),
+        }
+    }};
+}
+
 impl WeightBlock for BlockQ4_0 {
     const TYPE: GgmlType = GgmlType::Q4_0;
     const BLOCK_ELEMS: usize = QK8;
@@ -161,6 +178,10 @@ impl WeightBlock for BlockQ4_1 {
     fn vec_dot(path: KernelPath, w: &[Self], a: &[BlockQ8_1]) -> f32 {
         dispatch!(path, q4_1, w, a)
     }
+
+    fn vec_dot_x4(path: KernelPath, w: &[Self], a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+        dispatch_x4!(path, q4_1_x4, w, a)
+    }
 }
 
 impl WeightBlock for BlockQ5_0 {
@@ -187,6 +208,10 @@ impl WeightBlock for BlockQ5_0 {
 
     fn vec_dot(path: KernelPath, w: &[Self], a: &[BlockQ8_0]) -> f32 {
         dispatch!(path, q5_0, w, a)
+    }
+
+    fn vec_dot_x4(path: KernelPath, w: &[Self], a: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+        dispatch_x4!(path, q5_0_x4, w, a)
     }
 }
 
@@ -247,6 +272,10 @@ impl WeightBlock for BlockQ8_0 {
 
     fn vec_dot(path: KernelPath, w: &[Self], a: &[BlockQ8_0]) -> f32 {
         dispatch!(path, q8_0, w, a)
+    }
+
+    fn vec_dot_x4(path: KernelPath, w: &[Self], a: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+        dispatch_x4!(path, q8_0_x4, w, a)
     }
 }
 
@@ -431,6 +460,90 @@ mod x86 {
                         )
                     });
                     hsum(acc) + _mm_cvtss_f32(_mm_movehdup_ps(summs))
+                }
+
+                /// Four accumulator pairs, one per token, in the block order and
+                /// pairing of `two_acc!` so the results equal four single-token calls.
+                macro_rules! four_tokens {
+                    ($w:ident, $act:ident, |$x:ident, $i:ident| $prep:expr, |$wv:ident, $y:ident, $j:ident| $blk:expr) => {{
+                        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+                        for ($i, $x) in $w.iter().enumerate() {
+                            _mm_prefetch::<_MM_HINT_T0>(
+                                ($x as *const _ as *const i8).wrapping_add(PREFETCH_AHEAD),
+                            );
+                            let $wv = $prep;
+                            for ($j, (acc, act)) in acc.iter_mut().zip(&$act).enumerate() {
+                                let $y = &act[$i];
+                                let (s, d) = $blk;
+                                let a = &mut acc[$i % 2];
+                                *a = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(s), *a);
+                            }
+                        }
+                        acc
+                    }};
+                }
+
+                /// `q8_0` for four tokens: each weight block is loaded once.
+                #[target_feature(enable = $features)]
+                pub fn q8_0_x4(w: &[BlockQ8_0], a: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+                    let acc = four_tokens!(
+                        w,
+                        a,
+                        |x, i| load32(&x.qs),
+                        |wv, y, _j| (
+                            dot_i8_i8(wv, load32(&y.qs)),
+                            scale_product(w[i].d, y.d)
+                        )
+                    );
+                    let mut out = [0.0; 4];
+                    for (o, a) in out.iter_mut().zip(acc) {
+                        *o = hsum(_mm256_add_ps(a[0], a[1]));
+                    }
+                    out
+                }
+
+                /// `q5_0` for four tokens: each weight block is unpacked once.
+                #[target_feature(enable = $features)]
+                pub fn q5_0_x4(w: &[BlockQ5_0], a: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+                    let top = _mm256_set1_epi8(0xF0u8 as i8);
+                    let acc = four_tokens!(
+                        w,
+                        a,
+                        |x, i| _mm256_or_si256(
+                            unpack_nibbles(&x.qs),
+                            _mm256_andnot_si256(expand_bits(&x.qh), top)
+                        ),
+                        |wv, y, _j| (dot_i8_i8(wv, load32(&y.qs)), scale_product(w[i].d, y.d))
+                    );
+                    let mut out = [0.0; 4];
+                    for (o, a) in out.iter_mut().zip(acc) {
+                        *o = hsum(_mm256_add_ps(a[0], a[1]));
+                    }
+                    out
+                }
+
+                /// `q4_1` for four tokens: each weight block is unpacked once.
+                #[target_feature(enable = $features)]
+                pub fn q4_1_x4(w: &[BlockQ4_1], a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+                    let mut summs = [_mm_setzero_ps(); 4];
+                    let acc = four_tokens!(
+                        w,
+                        a,
+                        |x, i| unpack_nibbles(&x.qs),
+                        |wv, y, j| {
+                            let scales = _mm_mul_ps(
+                                f16x2_to_f32(w[i].d.to_bits(), w[i].m.to_bits()),
+                                f16x2_to_f32(y.d.to_bits(), y.s.to_bits()),
+                            );
+                            summs[j] = _mm_add_ps(summs[j], scales);
+                            (dot_u8_i8(wv, load32(&y.qs)), _mm_cvtss_f32(scales))
+                        }
+                    );
+                    let mut out = [0.0; 4];
+                    for ((o, a), s) in out.iter_mut().zip(acc).zip(summs) {
+                        *o = hsum(_mm256_add_ps(a[0], a[1])) + _mm_cvtss_f32(_mm_movehdup_ps(s));
+                    }
+                    out
                 }
 
                 #[target_feature(enable = $features)]

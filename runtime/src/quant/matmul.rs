@@ -254,13 +254,16 @@ fn quantized<B: WeightBlock>(
     for (xr, ar) in x.chunks_exact(w.cols).zip(act.chunks_exact_mut(apr)) {
         B::Act::quantize_row(xr, ar);
     }
-    run_rows(w.rows, w.cols, n_tokens, out, |r, t| {
-        B::vec_dot(
-            path,
-            &blocks[r * bpr..(r + 1) * bpr],
-            &act[t * apr..(t + 1) * apr],
-        )
-    });
+    let row = |r: usize| &blocks[r * bpr..(r + 1) * bpr];
+    let tok = |t: usize| &act[t * apr..(t + 1) * apr];
+    run_rows_x4(
+        w.rows,
+        w.cols,
+        n_tokens,
+        out,
+        |r, t| B::vec_dot(path, row(r), tok(t)),
+        |r, t| B::vec_dot_x4(path, row(r), [tok(t), tok(t + 1), tok(t + 2), tok(t + 3)]),
+    );
 }
 
 /// Rows per parallel task: whole 16-row groups, about four tasks per thread for
@@ -280,6 +283,18 @@ fn chunk_rows(rows: usize, cols: usize) -> usize {
 fn run_rows<F>(rows: usize, cols: usize, n_tokens: usize, out: &mut [f32], dot: F)
 where
     F: Fn(usize, usize) -> f32 + Sync,
+{
+    run_rows_x4(rows, cols, n_tokens, out, &dot, |r, t| {
+        std::array::from_fn(|k| dot(r, t + k))
+    })
+}
+
+/// [`run_rows`] where `dot4(r, t)` gives tokens `t..t + 4` of row `r` at once (equal to
+/// four `dot` calls), so a weight row is unpacked once per four tokens.
+fn run_rows_x4<F, F4>(rows: usize, cols: usize, n_tokens: usize, out: &mut [f32], dot: F, dot4: F4)
+where
+    F: Fn(usize, usize) -> f32 + Sync,
+    F4: Fn(usize, usize) -> [f32; 4] + Sync,
 {
     let chunk = chunk_rows(rows, cols);
     if n_tokens == 1 {
@@ -302,7 +317,12 @@ where
     let body = |(ci, o): (usize, &mut [f32])| {
         for (i, per_tok) in o.chunks_exact_mut(n_tokens).enumerate() {
             let r = ci * chunk + i;
-            for (t, v) in per_tok.iter_mut().enumerate() {
+            let mut quads = per_tok.chunks_exact_mut(4);
+            for (q, v) in (&mut quads).enumerate() {
+                v.copy_from_slice(&dot4(r, 4 * q));
+            }
+            let done = n_tokens - quads.into_remainder().len();
+            for (t, v) in per_tok.iter_mut().enumerate().skip(done) {
                 *v = dot(r, t);
             }
         }

@@ -35,6 +35,12 @@ pub trait WeightBlock: Copy + Send + Sync + 'static {
     /// The same dot product on `path` (which the caller has checked this CPU supports).
     /// A path with no code of its own for this type runs the next lower one.
     fn vec_dot(path: KernelPath, w: &[Self], a: &[Self::Act]) -> f32;
+    /// One weight row against four activation rows (prompt processing), equal bit for
+    /// bit to four `vec_dot` calls; kernels that unpack each weight block once for the
+    /// four override it.
+    fn vec_dot_x4(path: KernelPath, w: &[Self], a: [&[Self::Act]; 4]) -> [f32; 4] {
+        a.map(|a| Self::vec_dot(path, w, a))
+    }
 }
 
 pub mod act;
