@@ -148,7 +148,7 @@ pub struct ModelArgs {
     /// Check every tensor's blake3 before running (.smq)
     #[arg(long)]
     pub verify: bool,
-    /// Worker threads (default: the number of CPUs)
+    /// Worker threads (default: one per physical core)
     #[arg(long, short = 't')]
     pub threads: Option<usize>,
     /// Context size in tokens (default: the model's, capped at 4096)

@@ -35,12 +35,36 @@ fn kind_of(path: &Path) -> Result<Kind, CliError> {
     }
 }
 
-/// The number of worker threads `--threads` asks for (default: one per CPU).
+/// The number of worker threads `--threads` asks for (default: one per physical core).
 pub fn thread_count(args: &ModelArgs) -> Result<usize, CliError> {
     match args.threads {
         Some(0) => Err(fail("--threads must be at least 1")),
         Some(n) => Ok(n),
-        None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        None => Ok(physical_cores()),
+    }
+}
+
+/// Physical cores this process may use: SMT siblings share one core's execution units,
+/// so a second thread per core slows the kernels down. Counts distinct (package, core)
+/// pairs in /proc/cpuinfo, capped by the CPUs this process is allowed to run on.
+fn physical_cores() -> usize {
+    let allowed = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = std::fs::read_to_string("/proc/cpuinfo").ok().map(|info| {
+        let mut pairs = std::collections::HashSet::new();
+        let mut package = None;
+        for line in info.lines() {
+            let value = line.split_once(':').map(|(_, v)| v.trim().to_string());
+            if line.starts_with("physical id") {
+                package = value;
+            } else if line.starts_with("core id") {
+                pairs.insert((package.clone(), value));
+            }
+        }
+        pairs.len()
+    });
+    match cores {
+        Some(n) if n > 0 => n.min(allowed),
+        _ => allowed,
     }
 }
 
