@@ -486,13 +486,17 @@ mod x86 {
                 /// `q8_0` for four tokens: each weight block is loaded once.
                 #[target_feature(enable = $features)]
                 pub fn q8_0_x4(w: &[BlockQ8_0], a: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+                    // Per block once: |w|, w (for the signs) and w's scale.
                     let acc = four_tokens!(
                         w,
                         a,
-                        |x, i| load32(&x.qs),
-                        |wv, y, _j| (
-                            dot_i8_i8(wv, load32(&y.qs)),
-                            scale_product(w[i].d, y.d)
+                        |x, i| {
+                            let wv = load32(&x.qs);
+                            (_mm256_sign_epi8(wv, wv), wv, h2f(x.d))
+                        },
+                        |p, y, _j| (
+                            dot_u8_i8(p.0, _mm256_sign_epi8(load32(&y.qs), p.1)),
+                            p.2 * h2f(y.d)
                         )
                     );
                     let mut out = [0.0; 4];
@@ -509,11 +513,17 @@ mod x86 {
                     let acc = four_tokens!(
                         w,
                         a,
-                        |x, i| _mm256_or_si256(
-                            unpack_nibbles(&x.qs),
-                            _mm256_andnot_si256(expand_bits(&x.qh), top)
-                        ),
-                        |wv, y, _j| (dot_i8_i8(wv, load32(&y.qs)), scale_product(w[i].d, y.d))
+                        |x, i| {
+                            let wv = _mm256_or_si256(
+                                unpack_nibbles(&x.qs),
+                                _mm256_andnot_si256(expand_bits(&x.qh), top),
+                            );
+                            (_mm256_sign_epi8(wv, wv), wv, h2f(x.d))
+                        },
+                        |p, y, _j| (
+                            dot_u8_i8(p.0, _mm256_sign_epi8(load32(&y.qs), p.1)),
+                            p.2 * h2f(y.d)
+                        )
                     );
                     let mut out = [0.0; 4];
                     for (o, a) in out.iter_mut().zip(acc) {
@@ -529,14 +539,14 @@ mod x86 {
                     let acc = four_tokens!(
                         w,
                         a,
-                        |x, i| unpack_nibbles(&x.qs),
-                        |wv, y, j| {
-                            let scales = _mm_mul_ps(
-                                f16x2_to_f32(w[i].d.to_bits(), w[i].m.to_bits()),
-                                f16x2_to_f32(y.d.to_bits(), y.s.to_bits()),
-                            );
+                        |x, i| (
+                            unpack_nibbles(&x.qs),
+                            f16x2_to_f32(x.d.to_bits(), x.m.to_bits())
+                        ),
+                        |p, y, j| {
+                            let scales = _mm_mul_ps(p.1, f16x2_to_f32(y.d.to_bits(), y.s.to_bits()));
                             summs[j] = _mm_add_ps(summs[j], scales);
-                            (dot_u8_i8(wv, load32(&y.qs)), _mm_cvtss_f32(scales))
+                            (dot_u8_i8(p.0, load32(&y.qs)), _mm_cvtss_f32(scales))
                         }
                     );
                     let mut out = [0.0; 4];
