@@ -9,7 +9,7 @@
 
 use smq_format::ModelConfig;
 
-use super::{attention, embed, rope_qk, Scratch};
+use super::{attention, embed, rope_qk, Batch, Scratch};
 use crate::kv_cache::KvCache;
 use crate::model::{Hparams, Model, ModelError, SlidingWindow, TensorSpec};
 use crate::ops::{add_inplace, geglu, rmsnorm, rmsnorm_inplace, scale, Rope, RopeStyle};
@@ -63,15 +63,18 @@ pub(crate) fn forward(
     let hp = &m.hp;
     let nt = tokens.len();
     let pos0 = kv.len();
-    let x = &mut s.x[..nt * hp.n_embd];
-    let xb = &mut s.xb[..nt * hp.n_embd];
-    let xb2 = &mut s.xb2[..nt * hp.n_embd];
-    let q = &mut s.q[..nt * hp.n_head * hp.head_dim];
-    let k = &mut s.k[..nt * hp.kv_dim()];
-    let v = &mut s.v[..nt * hp.kv_dim_v()];
-    let att = &mut s.att[..nt * hp.n_head * hp.head_dim_v];
-    let gate = &mut s.gate[..nt * hp.n_ff];
-    let up = &mut s.up[..nt * hp.n_ff];
+    let Batch {
+        x,
+        xb,
+        xb2,
+        q,
+        k,
+        v,
+        att,
+        gate,
+        up,
+        rope_cs,
+    } = s.batch(hp, nt);
     let missing =
         |what: &str, il: usize| ModelError::MissingTensor(format!("blk.{il}.{what}.weight"));
 
@@ -95,7 +98,7 @@ pub(crate) fn forward(
         matmul(&w.wv, xb, nt, v);
         rmsnorm_inplace(q, q_norm, hp.rms_eps);
         rmsnorm_inplace(k, k_norm, hp.rms_eps);
-        rope_qk(hp, &hp.layer_rope(il), None, pos0, q, k, &mut s.rope_cs);
+        rope_qk(hp, &hp.layer_rope(il), None, pos0, q, k, rope_cs);
         scale(q, hp.attn_scale);
         kv.store(il, k, v);
         attention(hp, kv, il, pos0, q, att, hp.layer_window(il), 1.0);

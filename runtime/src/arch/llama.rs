@@ -12,7 +12,7 @@
 
 use smq_format::ModelConfig;
 
-use super::{attention, embed, rope_qk, Scratch};
+use super::{attention, embed, rope_qk, Batch, Scratch};
 use crate::kv_cache::KvCache;
 use crate::model::{Hparams, Model, ModelError, TensorSpec};
 use crate::ops::{add_bias, add_inplace, rmsnorm, rmsnorm_inplace, swiglu, RopeStyle};
@@ -38,15 +38,18 @@ pub(crate) fn forward(
     let hp = &m.hp;
     let nt = tokens.len();
     let pos0 = kv.len();
-    let x = &mut s.x[..nt * hp.n_embd];
-    let xb = &mut s.xb[..nt * hp.n_embd];
-    let xb2 = &mut s.xb2[..nt * hp.n_embd];
-    let q = &mut s.q[..nt * hp.n_head * hp.head_dim];
-    let k = &mut s.k[..nt * hp.kv_dim()];
-    let v = &mut s.v[..nt * hp.kv_dim_v()];
-    let att = &mut s.att[..nt * hp.n_head * hp.head_dim_v];
-    let gate = &mut s.gate[..nt * hp.n_ff];
-    let up = &mut s.up[..nt * hp.n_ff];
+    let Batch {
+        x,
+        xb,
+        xb2,
+        q,
+        k,
+        v,
+        att,
+        gate,
+        up,
+        rope_cs,
+    } = s.batch(hp, nt);
     let bias = |x: &mut [f32], b: Option<&[f32]>| {
         if let Some(b) = b {
             add_bias(x, b);
@@ -69,7 +72,7 @@ pub(crate) fn forward(
             rmsnorm_inplace(k, k_norm, hp.rms_eps);
         }
         if hp.layer_has_rope(il) {
-            rope_qk(hp, &hp.rope, m.rope_freqs, pos0, q, k, &mut s.rope_cs);
+            rope_qk(hp, &hp.rope, m.rope_freqs, pos0, q, k, rope_cs);
         }
         kv.store(il, k, v);
         attention(hp, kv, il, pos0, q, att, None, hp.attn_scale);

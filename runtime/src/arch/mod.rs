@@ -118,6 +118,36 @@ impl Scratch {
             rope_cs: vec![0.0; hp.head_dim],
         }
     }
+
+    /// The buffers cut to a batch of `nt` tokens, each one borrowed on its own.
+    pub(crate) fn batch(&mut self, hp: &Hparams, nt: usize) -> Batch<'_> {
+        Batch {
+            x: &mut self.x[..nt * hp.n_embd],
+            xb: &mut self.xb[..nt * hp.n_embd],
+            xb2: &mut self.xb2[..nt * hp.n_embd],
+            q: &mut self.q[..nt * hp.n_head * hp.head_dim],
+            k: &mut self.k[..nt * hp.kv_dim()],
+            v: &mut self.v[..nt * hp.kv_dim_v()],
+            att: &mut self.att[..nt * hp.n_head * hp.head_dim_v],
+            gate: &mut self.gate[..nt * hp.n_ff],
+            up: &mut self.up[..nt * hp.n_ff],
+            rope_cs: &mut self.rope_cs,
+        }
+    }
+}
+
+/// [`Scratch`] for one batch (see the fields of `Scratch` for what each holds).
+pub(crate) struct Batch<'s> {
+    pub x: &'s mut [f32],
+    pub xb: &'s mut [f32],
+    pub xb2: &'s mut [f32],
+    pub q: &'s mut [f32],
+    pub k: &'s mut [f32],
+    pub v: &'s mut [f32],
+    pub att: &'s mut [f32],
+    pub gate: &'s mut [f32],
+    pub up: &'s mut [f32],
+    pub rope_cs: &'s mut [f32],
 }
 
 /// Runs `tokens` (at most `scratch.max_batch`, positions `kv.len()..`) through the model,

@@ -82,6 +82,15 @@ macro_rules! pod_block {
 }
 pub(crate) use pod_block;
 
+/// Q4_K/Q5_K min term of one super-block: each of the 8 mins times the activation sum of
+/// its 32 elements (two Q8_K `bsums`).
+#[inline(always)]
+pub(crate) fn min_dot(m: &[u8; 8], bsums: &[i16; 16]) -> i32 {
+    (0..8)
+        .map(|j| m[j] as i32 * (bsums[2 * j] as i32 + bsums[2 * j + 1] as i32))
+        .sum()
+}
+
 /// Unpacks the 12-byte Q4_K/Q5_K scale field into 8 six-bit scales and 8 six-bit mins.
 ///
 /// Bytes 0..4 hold scales 0..3 (low 6 bits) and the top 2 bits of scales 4..7; bytes

@@ -65,9 +65,7 @@ impl WeightBlock for BlockQ4K {
                 sumi += sc[2 * c] as i32 * dot_lo + sc[2 * c + 1] as i32 * dot_hi;
             }
             // The min term needs only the activation sums per 32 (two Q8_K bsums).
-            let summ: i32 = (0..8)
-                .map(|j| m[j] as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32))
-                .sum();
+            let summ = super::min_dot(&m, &y.bsums);
             sum += y.d * x.d.to_f32() * sumi as f32 - y.d * x.dmin.to_f32() * summ as f32;
         }
         sum
@@ -82,7 +80,7 @@ impl WeightBlock for BlockQ4K {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::super::x86::{ctrl_same, f16_to_f32, hsum_ps, load256};
+    use super::super::x86::{ctrl_same, f16_to_f32, hsum_ps, load256, min_products};
     use super::{BlockQ4K, BlockQ8K};
 
     /// Per super-block: `maddubs` (u4 × i8 → pairs in i16, at most 2·15·128) then
@@ -101,10 +99,7 @@ mod avx2 {
             let sc8 = _mm_cvtsi64_si128(i64::from_le_bytes(sc));
             let m8 = _mm_cvtsi64_si128(i64::from_le_bytes(m));
 
-            // Min term: each 6-bit min paired with two 16-sums of the activations.
-            let m_dup = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
-            let bs = load256(y.bsums.as_ptr());
-            let prod_m = _mm256_madd_epi16(bs, m_dup);
+            let prod_m = min_products(m8, &y.bsums);
             acc_m = _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(prod_m), acc_m);
 
             let scales = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sc8));

@@ -62,9 +62,7 @@ impl WeightBlock for BlockQ5K {
                     .sum();
                 sumi += scale as i32 * dot;
             }
-            let summ: i32 = (0..8)
-                .map(|j| m[j] as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32))
-                .sum();
+            let summ = super::min_dot(&m, &y.bsums);
             sum += y.d * x.d.to_f32() * sumi as f32 - y.d * x.dmin.to_f32() * summ as f32;
         }
         sum
@@ -79,7 +77,7 @@ impl WeightBlock for BlockQ5K {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::super::x86::{ctrl_same, f16_to_f32, hsum_ps, load256};
+    use super::super::x86::{ctrl_same, f16_to_f32, hsum_ps, load256, min_products};
     use super::{BlockQ5K, BlockQ8K};
 
     /// As Q4_K, with the high bits OR-ed in: `qh` is shifted right by 2 per chunk so
@@ -99,13 +97,8 @@ mod avx2 {
             let sc8 = _mm_cvtsi64_si128(i64::from_le_bytes(sc));
             let m8 = _mm_cvtsi64_si128(i64::from_le_bytes(m));
 
-            let m_dup = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
-            let bs = load256(y.bsums.as_ptr());
-            acc_m = _mm256_fmadd_ps(
-                dmin,
-                _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, m_dup)),
-                acc_m,
-            );
+            let prod_m = min_products(m8, &y.bsums);
+            acc_m = _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(prod_m), acc_m);
 
             let scales = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sc8));
             let mut hbits = load256(x.qh.as_ptr());

@@ -55,3 +55,14 @@ pub(super) unsafe fn load256<T>(p: *const T) -> __m256i {
 pub(super) unsafe fn load128<T>(p: *const T) -> __m128i {
     _mm_loadu_si128(p.cast())
 }
+
+/// The Q4_K/Q5_K min term on 8 lanes: each 6-bit min (bytes of `m8`) paired with the two
+/// 16-element activation sums of its sub-block.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn min_products(m8: __m128i, bsums: &[i16; 16]) -> __m256i {
+    let m_dup = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
+    // SAFETY: `bsums` is 16 i16 values, one 256-bit load.
+    let bs = unsafe { load256(bsums.as_ptr()) };
+    _mm256_madd_epi16(bs, m_dup)
+}
