@@ -53,6 +53,12 @@ impl AtomicFile {
         &self.temp
     }
 
+    /// Asks the kernel to start writing `len` bytes at `offset` to the device now (see
+    /// [`start_writeback`]).
+    pub fn start_writeback(&self, offset: u64, len: u64) {
+        start_writeback(&self.file, offset, len);
+    }
+
     pub fn commit(mut self) -> Result<()> {
         self.file.sync_all().map_err(|e| Error::io(&self.temp, e))?;
         std::fs::rename(&self.temp, &self.target).map_err(|e| Error::io(&self.target, e))?;
@@ -81,6 +87,29 @@ impl Write for AtomicFile {
 impl Seek for AtomicFile {
     fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
         self.file.seek(pos)
+    }
+}
+
+/// Asks the kernel to start writing `len` bytes of `file` at `offset` to the device now,
+/// without waiting, so that a later fsync finds most of the file already written. Only a
+/// hint: failures are ignored, since that fsync reports any I/O error. It may block while
+/// the device queue is full, which is why a writer can call it from a thread of its own
+/// (on a clone of the file handle).
+pub fn start_writeback(file: &File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return;
+        };
+        // SAFETY: a plain system call on an open fd; no memory is passed.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (file, offset, len);
     }
 }
 
