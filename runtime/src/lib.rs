@@ -9,4 +9,5 @@ pub mod model;
 pub mod ops;
 pub mod quant;
 pub mod sampling;
+pub mod team;
 pub mod tokenizer;

@@ -500,3 +500,259 @@ fn q8k_all_zero_block() {
     assert_same_q8k(&out[1], &q8k_direct(&x[QK_K..]), "second block");
     assert_eq!(out[1].qs[9], -127);
 }
+
+// ---------------------------------------------------------------------------------
+// Panel (prompt-processing) kernels: up to 16 tokens per call
+
+/// The paths to test `panel_dot` on: the portable one (always available, and exact) and
+/// every SIMD path this CPU has. The SIMD paths must all claim a kernel, so a type that
+/// silently lost its kernel fails here instead of being skipped.
+fn panel_paths<T: TestBlock>() -> Vec<KernelPath> {
+    let mut paths = vec![KernelPath::Scalar];
+    for p in simd_paths() {
+        assert!(
+            T::has_panel_kernel(p),
+            "{} has no panel kernel on {}",
+            T::NAME,
+            p.name()
+        );
+        paths.push(p);
+    }
+    paths
+}
+
+/// `panel_dot` of `rows` rows (`w`, whole rows) against `acts` (1..=16 tokens) on every
+/// path: bit for bit `vec_dot_ref` on the portable path, within float reordering on the
+/// SIMD paths. Lanes past the last token are not checked (they are unspecified).
+fn check_panel<T: TestBlock>(w: &[T], rows: usize, acts: &[Vec<BlockQ8K>], what: &str) {
+    let bpr = w.len() / rows;
+    assert_eq!(bpr * rows, w.len());
+    let refs: Vec<&[BlockQ8K]> = acts.iter().map(Vec::as_slice).collect();
+    let panel = BlockQ8K::build_panel(&refs);
+    let expected: Vec<Vec<(f32, f64)>> = w
+        .chunks_exact(bpr)
+        .map(|row| {
+            acts.iter()
+                .map(|a| (T::vec_dot_ref(row, a), f64_dot_and_mag(row, a).1))
+                .collect()
+        })
+        .collect();
+    for path in panel_paths::<T>() {
+        let mut out = vec![[f32::NAN; 16]; rows];
+        T::panel_dot(path, w, &panel, &mut out);
+        for (r, (got, want)) in out.iter().zip(&expected).enumerate() {
+            for (t, &(reference, mag)) in want.iter().enumerate() {
+                let g = got[t];
+                let ok = if path == KernelPath::Scalar {
+                    g.to_bits() == reference.to_bits()
+                } else {
+                    (g as f64 - reference as f64).abs() <= tol(mag)
+                };
+                assert!(
+                    ok,
+                    "{} panel {what} on {}: row {r} token {t}: {g} vs reference {reference} \
+                     (mag {mag})",
+                    T::NAME,
+                    path.name()
+                );
+            }
+        }
+    }
+}
+
+/// A Q8_K block with every quant `q` (bsums consistent), scale `d`.
+fn constant_activation(q: i8, d: f32) -> BlockQ8K {
+    BlockQ8K {
+        d,
+        qs: [q; QK_K],
+        bsums: [16 * q as i16; QK_K / 16],
+    }
+}
+
+/// Random activations for `tokens` tokens; every fifth token is an extreme one (all
+/// quants at -128, -127 or 127), the rest are quantized from random floats.
+fn random_tokens(rng: &mut Rng, tokens: usize, blocks: usize) -> Vec<Vec<BlockQ8K>> {
+    (0..tokens)
+        .map(|t| {
+            if t % 5 == 3 {
+                let q = [-128i8, -127, 127][rng.below(3) as usize];
+                let d = if rng.below(2) == 0 { 0.0625 } else { -0.5 };
+                vec![constant_activation(q, d); blocks]
+            } else {
+                random_activations(rng, blocks)
+            }
+        })
+        .collect()
+}
+
+/// Random blocks (all quant values, random scales), 1..=9 rows (passes of several rows
+/// plus leftovers), 1..=8 super-blocks, 1..=16 tokens.
+fn check_panel_random<T: TestBlock>() {
+    let mut rng = Rng(0x0bad_5eed_1234_5678 ^ T::SIZE as u64);
+    for trial in 0..80 {
+        let rows = 1 + rng.below(9) as usize;
+        let bpr = 1 + rng.below(8) as usize;
+        let tokens = match trial % 4 {
+            0 => 16,
+            1 => 1,
+            _ => 1 + rng.below(16) as usize,
+        };
+        let w: Vec<T> = (0..rows * bpr).map(|_| random_block(&mut rng)).collect();
+        let acts = random_tokens(&mut rng, tokens, bpr);
+        check_panel(&w, rows, &acts, &format!("random trial {trial}"));
+    }
+}
+
+/// Extreme weights (every byte 0x00, 0xFF, 0x55 or 0xAA) against extreme activations.
+fn check_panel_extremes<T: TestBlock>() {
+    let blocks: Vec<T> = [0x00u8, 0xFF, 0x55, 0xAA]
+        .iter()
+        .map(|&wbyte| {
+            let mut bytes = vec![wbyte; T::SIZE];
+            for &off in T::F16_OFFSETS {
+                bytes[off..off + 2]
+                    .copy_from_slice(&half::f16::from_f32(0.5).to_bits().to_le_bytes());
+            }
+            T::from_bytes(&bytes).expect("size matches")
+        })
+        .collect();
+    // Five rows of two super-blocks: every pair of patterns appears in some row.
+    let w: Vec<T> = [(0, 1), (1, 1), (2, 3), (3, 0), (1, 2)]
+        .iter()
+        .flat_map(|&(a, b)| [blocks[a], blocks[b]])
+        .collect();
+    let acts: Vec<Vec<BlockQ8K>> = [-128i8, 127, -127, 0, 1, -1]
+        .iter()
+        .flat_map(|&q| {
+            [
+                vec![constant_activation(q, 0.25); 2],
+                vec![
+                    constant_activation(q, 0.25),
+                    constant_activation(-q.max(-127), -0.125),
+                ],
+            ]
+        })
+        .collect();
+    check_panel(&w, 5, &acts, "extremes");
+}
+
+#[test]
+fn panel_q2k_random() {
+    check_panel_random::<BlockQ2K>();
+}
+
+#[test]
+fn panel_q3k_random() {
+    check_panel_random::<BlockQ3K>();
+}
+
+#[test]
+fn panel_q4k_random() {
+    check_panel_random::<BlockQ4K>();
+}
+
+#[test]
+fn panel_q5k_random() {
+    check_panel_random::<BlockQ5K>();
+}
+
+#[test]
+fn panel_q6k_random() {
+    check_panel_random::<BlockQ6K>();
+}
+
+/// Zero-length rows (a matrix of zero columns) give zeros, not a panic.
+#[test]
+fn panel_of_empty_rows_gives_zeros() {
+    let empty: Vec<BlockQ8K> = Vec::new();
+    let panel = BlockQ8K::build_panel(&[&empty, &empty]);
+    for path in panel_paths::<BlockQ4K>() {
+        let mut out = vec![[f32::NAN; 16]; 3];
+        BlockQ4K::panel_dot(path, &[], &panel, &mut out);
+        assert!(
+            out.iter().all(|o| o.iter().all(|&v| v == 0.0)),
+            "{}",
+            path.name()
+        );
+        let mut out = vec![[f32::NAN; 16]; 2];
+        BlockQ6K::panel_dot(path, &[], &panel, &mut out);
+        assert!(
+            out.iter().all(|o| o.iter().all(|&v| v == 0.0)),
+            "{}",
+            path.name()
+        );
+    }
+}
+
+#[test]
+fn panel_extremes_do_not_overflow() {
+    check_panel_extremes::<BlockQ2K>();
+    check_panel_extremes::<BlockQ3K>();
+    check_panel_extremes::<BlockQ4K>();
+    check_panel_extremes::<BlockQ5K>();
+    check_panel_extremes::<BlockQ6K>();
+}
+
+/// The gguf-checked fixture blocks as rows of 8 super-blocks (the random fixtures: one
+/// row of all their blocks).
+fn check_panel_fixture<T: TestBlock>(kind: &str, bpr: usize) {
+    let (blocks, _) = load_fixture::<T>(kind);
+    let rows = blocks.len() / bpr;
+    let w = &blocks[..rows * bpr];
+    let mut rng = Rng(0x51f1_5eed ^ T::SIZE as u64);
+    for tokens in [16, 5] {
+        let acts = random_tokens(&mut rng, tokens, bpr);
+        check_panel(w, rows, &acts, &format!("{kind} fixture, {tokens} tokens"));
+    }
+}
+
+#[test]
+fn panel_fixture_rows() {
+    check_panel_fixture::<BlockQ4K>("real", 8);
+    check_panel_fixture::<BlockQ6K>("real", 8);
+    let (q5, _) = load_fixture::<BlockQ5K>("random");
+    check_panel_fixture::<BlockQ5K>("random", q5.len());
+    let (q2, _) = load_fixture::<BlockQ2K>("random");
+    check_panel_fixture::<BlockQ2K>("random", q2.len());
+    let (q3, _) = load_fixture::<BlockQ3K>("random");
+    check_panel_fixture::<BlockQ3K>("random", q3.len());
+}
+
+/// Whole real Gemma 3 matrices (Q4_K attn_output 1024→640 and ffn_down 2048→640, Q6_K
+/// ffn_down 2048→640) against 16 and 11 random tokens.
+#[test]
+fn panel_real_gemma_matrices() {
+    use smq_converter::direct::open_gguf_direct;
+    use smq_converter::test_models;
+    let Some(path) = test_models::find(test_models::GEMMA3) else {
+        return;
+    };
+    let model = open_gguf_direct(&path).expect("open model");
+    fn run<T: TestBlock>(bytes: &[u8], rows: usize, name: &str) {
+        let w: Vec<T> = bytes
+            .chunks_exact(T::SIZE)
+            .map(|c| T::from_bytes(c).expect("exact chunk"))
+            .collect();
+        let bpr = w.len() / rows;
+        let mut rng = Rng(0x6e6d_6d61 ^ rows as u64);
+        for tokens in [16, 11] {
+            let acts = random_tokens(&mut rng, tokens, bpr);
+            check_panel(&w, rows, &acts, &format!("{name}, {tokens} tokens"));
+        }
+    }
+    use smq_format::GgmlType;
+    for (name, want) in [
+        ("blk.0.attn_output.weight", GgmlType::Q4K),
+        ("blk.2.ffn_down.weight", GgmlType::Q4K),
+        ("blk.0.ffn_down.weight", GgmlType::Q6K),
+    ] {
+        let (entry, bytes) = model.tensor(name).expect("tensor present");
+        let rows = entry.shape[1] as usize;
+        assert_eq!(entry.ggml_type, want, "{name}");
+        if want == GgmlType::Q4K {
+            run::<BlockQ4K>(bytes, rows, name);
+        } else {
+            run::<BlockQ6K>(bytes, rows, name);
+        }
+    }
+}

@@ -14,7 +14,7 @@ use smq_runtime::quant::legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1};
 use smq_runtime::quant::matmul::{
     cast_blocks, dequantize_row, matmul, matmul_with, KernelError, WeightMatrix,
 };
-use smq_runtime::quant::{ActBlock, KernelPath, WeightBlock};
+use smq_runtime::quant::{ActBlock, KernelPath, WeightBlock, PANEL_TOKENS};
 
 /// Tiny deterministic PRNG (64-bit LCG, top bits).
 struct Rng(u64);
@@ -458,7 +458,8 @@ where
         let bpr = cols / 32;
         let w: Vec<B> = (0..rows * bpr).map(|_| B::random(&mut r)).collect();
         let wm = WeightMatrix::new(B::TYPE, rows, cols, as_bytes(&w)).unwrap();
-        for n_tokens in [1usize, 3, 6] {
+        // 9 and more tokens take the panel kernels where the path has them.
+        for n_tokens in [1usize, 3, 6, 9, 16, 21, 40] {
             let x = random_acts(&mut r, n_tokens * cols);
             let acts: Vec<Vec<B::Act>> = x.chunks_exact(cols).map(quantize::<B::Act>).collect();
             let mut want = vec![0.0f32; rows * n_tokens];
@@ -743,4 +744,58 @@ fn four_token_kernels_equal_single_token_ones() {
     check_x4::<BlockQ5_0>();
     check_x4::<BlockQ5_1>();
     check_x4::<BlockQ8_0>();
+}
+
+/// Panel kernels (prompt processing) against the scalar reference, row by row and token
+/// by token, for every panel fill (1..=16 tokens) and row counts around the kernels'
+/// four-row passes.
+fn check_panel<B: RandomBlock>()
+where
+    B::Act: ActValues,
+{
+    let mut r = Rng(B::TYPE.id() as u64 * 7919 + 11);
+    for path in KernelPath::supported() {
+        if !B::has_panel_kernel(path) {
+            continue;
+        }
+        for (rows, bpr) in [(1usize, 1usize), (3, 2), (4, 18), (7, 5), (16, 48)] {
+            let w: Vec<B> = (0..rows * bpr).map(|_| B::random(&mut r)).collect();
+            for tokens in [1usize, 5, 15, 16] {
+                let acts: Vec<Vec<B::Act>> = (0..tokens)
+                    .map(|_| quantize::<B::Act>(&random_acts(&mut r, bpr * 32)))
+                    .collect();
+                let refs: Vec<&[B::Act]> = acts.iter().map(Vec::as_slice).collect();
+                let panel = B::Act::build_panel(&refs);
+                let mut out = vec![[f32::NAN; PANEL_TOKENS]; rows];
+                B::panel_dot(path, &w, &panel, &mut out);
+                let wd = dequant(&w);
+                for (row, lanes) in out.iter().enumerate() {
+                    let wr = &w[row * bpr..(row + 1) * bpr];
+                    for (t, a) in acts.iter().enumerate() {
+                        let want = B::vec_dot_ref(wr, a);
+                        let av = <B::Act as ActValues>::values(a);
+                        let what = format!(
+                            "{} {path:?} {rows}x{bpr} row {row} token {t}/{tokens}",
+                            B::TYPE
+                        );
+                        assert_close(
+                            lanes[t],
+                            want,
+                            magnitude(&wd[row * bpr * 32..(row + 1) * bpr * 32], &av),
+                            &what,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn panel_kernels_match_reference() {
+    check_panel::<BlockQ4_0>();
+    check_panel::<BlockQ4_1>();
+    check_panel::<BlockQ5_0>();
+    check_panel::<BlockQ5_1>();
+    check_panel::<BlockQ8_0>();
 }

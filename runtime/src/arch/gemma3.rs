@@ -13,7 +13,7 @@ use super::{attention, embed, rope_qk, Batch, Scratch};
 use crate::kv_cache::KvCache;
 use crate::model::{Hparams, Model, ModelError, SlidingWindow, TensorSpec};
 use crate::ops::{add_inplace, geglu, rmsnorm, rmsnorm_inplace, scale, Rope, RopeStyle};
-use crate::quant::matmul::matmul;
+use crate::quant::matmul::{matmul, matmul_group};
 
 /// One global layer after every five sliding-window layers.
 const SWA_PATTERN: usize = 6;
@@ -93,9 +93,11 @@ pub(crate) fn forward(
 
         // Attention.
         rmsnorm(xb, x, w.attn_norm, hp.rms_eps);
-        matmul(&w.wq, xb, nt, q);
-        matmul(&w.wk, xb, nt, k);
-        matmul(&w.wv, xb, nt, v);
+        matmul_group(
+            &mut [(&w.wq, &mut *q), (&w.wk, &mut *k), (&w.wv, &mut *v)],
+            xb,
+            nt,
+        );
         rmsnorm_inplace(q, q_norm, hp.rms_eps);
         rmsnorm_inplace(k, k_norm, hp.rms_eps);
         rope_qk(hp, &hp.layer_rope(il), None, pos0, q, k, rope_cs);
@@ -108,8 +110,11 @@ pub(crate) fn forward(
 
         // Feed-forward.
         rmsnorm(xb, x, w.ffn_norm, hp.rms_eps);
-        matmul(&w.ffn_gate, xb, nt, gate);
-        matmul(&w.ffn_up, xb, nt, up);
+        matmul_group(
+            &mut [(&w.ffn_gate, &mut *gate), (&w.ffn_up, &mut *up)],
+            xb,
+            nt,
+        );
         geglu(gate, up);
         matmul(&w.ffn_down, gate, nt, xb2);
         rmsnorm_inplace(xb2, post_ffn_norm, hp.rms_eps);

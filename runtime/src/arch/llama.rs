@@ -16,7 +16,7 @@ use super::{attention, embed, rope_qk, Batch, Scratch};
 use crate::kv_cache::KvCache;
 use crate::model::{Hparams, Model, ModelError, TensorSpec};
 use crate::ops::{add_bias, add_inplace, rmsnorm, rmsnorm_inplace, swiglu, RopeStyle};
-use crate::quant::matmul::matmul;
+use crate::quant::matmul::{matmul, matmul_group};
 
 pub(crate) fn configure(hp: &mut Hparams, _cfg: &ModelConfig) -> Result<TensorSpec, ModelError> {
     hp.rope.style = RopeStyle::Normal;
@@ -61,9 +61,11 @@ pub(crate) fn forward(
     for (il, w) in m.layers.iter().enumerate() {
         // Attention.
         rmsnorm(xb, x, w.attn_norm, hp.rms_eps);
-        matmul(&w.wq, xb, nt, q);
-        matmul(&w.wk, xb, nt, k);
-        matmul(&w.wv, xb, nt, v);
+        matmul_group(
+            &mut [(&w.wq, &mut *q), (&w.wk, &mut *k), (&w.wv, &mut *v)],
+            xb,
+            nt,
+        );
         bias(q, w.bq);
         bias(k, w.bk);
         bias(v, w.bv);
@@ -82,8 +84,11 @@ pub(crate) fn forward(
 
         // Feed-forward.
         rmsnorm(xb, x, w.ffn_norm, hp.rms_eps);
-        matmul(&w.ffn_gate, xb, nt, gate);
-        matmul(&w.ffn_up, xb, nt, up);
+        matmul_group(
+            &mut [(&w.ffn_gate, &mut *gate), (&w.ffn_up, &mut *up)],
+            xb,
+            nt,
+        );
         bias(gate, w.ffn_gate_b);
         bias(up, w.ffn_up_b);
         swiglu(gate, up);

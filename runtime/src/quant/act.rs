@@ -13,6 +13,7 @@
 
 use half::f16;
 
+use super::panel::Q8Panel;
 use super::ActBlock;
 
 /// Elements per legacy activation block.
@@ -73,6 +74,11 @@ fn round_half_even(x: f32) -> f32 {
 
 impl ActBlock for BlockQ8_0 {
     const BLOCK_ELEMS: usize = QK8;
+    type Panel = Q8Panel;
+
+    fn build_panel(rows: &[&[Self]]) -> Q8Panel {
+        Q8Panel::from_q8_0(rows)
+    }
 
     fn quantize_row(x: &[f32], out: &mut [Self]) {
         assert_eq!(x.len(), out.len() * QK8, "Q8_0 row length");
@@ -85,6 +91,11 @@ impl ActBlock for BlockQ8_0 {
 
 impl ActBlock for BlockQ8_1 {
     const BLOCK_ELEMS: usize = QK8;
+    type Panel = Q8Panel;
+
+    fn build_panel(rows: &[&[Self]]) -> Q8Panel {
+        Q8Panel::from_q8_1(rows)
+    }
 
     fn quantize_row(x: &[f32], out: &mut [Self]) {
         assert_eq!(x.len(), out.len() * QK8, "Q8_1 row length");

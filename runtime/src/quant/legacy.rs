@@ -16,7 +16,8 @@ use smq_format::GgmlType;
 
 pub use super::act::BlockQ8_0;
 use super::act::{BlockQ8_1, QK8};
-use super::{KernelPath, WeightBlock};
+use super::panel::Q8Panel;
+use super::{legacy_panel, KernelPath, WeightBlock, PANEL_TOKENS};
 
 /// ggml's `block_q4_0` (18 bytes).
 #[allow(non_camel_case_types)]
@@ -127,6 +128,35 @@ macro_rules! dispatch_x4 {
     }};
 }
 
+/// A type's panel kernel (prompt processing) on the paths that have one.
+macro_rules! panel_kernel {
+    ($kernel:ident) => {
+        fn has_panel_kernel(path: KernelPath) -> bool {
+            cfg!(target_arch = "x86_64") && path != KernelPath::Scalar
+        }
+
+        fn panel_dot(
+            path: KernelPath,
+            w: &[Self],
+            panel: &Q8Panel,
+            out: &mut [[f32; PANEL_TOKENS]],
+        ) {
+            debug_assert!(path.is_supported());
+            match path {
+                // SAFETY: the caller checked that this CPU supports `path`.
+                #[cfg(target_arch = "x86_64")]
+                KernelPath::Avx512Vnni => unsafe {
+                    legacy_panel::x86::vnni::$kernel(w, panel, out)
+                },
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                KernelPath::Avx2 => unsafe { legacy_panel::x86::avx2::$kernel(w, panel, out) },
+                _ => unreachable!("no {} panel kernel on {}", Self::TYPE, path.name()),
+            }
+        }
+    };
+}
+
 impl WeightBlock for BlockQ4_0 {
     const TYPE: GgmlType = GgmlType::Q4_0;
     const BLOCK_ELEMS: usize = QK8;
@@ -146,6 +176,8 @@ impl WeightBlock for BlockQ4_0 {
             .map(|(w, a)| w.d.to_f32() * a.d.to_f32() * idot(&nibbles(&w.qs), 8, &a.qs) as f32)
             .sum()
     }
+
+    panel_kernel!(q4_0);
 
     fn vec_dot(path: KernelPath, w: &[Self], a: &[BlockQ8_0]) -> f32 {
         dispatch!(path, q4_0, w, a)
@@ -174,6 +206,8 @@ impl WeightBlock for BlockQ4_1 {
             })
             .sum()
     }
+
+    panel_kernel!(q4_1);
 
     fn vec_dot(path: KernelPath, w: &[Self], a: &[BlockQ8_1]) -> f32 {
         dispatch!(path, q4_1, w, a)
@@ -205,6 +239,8 @@ impl WeightBlock for BlockQ5_0 {
             })
             .sum()
     }
+
+    panel_kernel!(q5_0);
 
     fn vec_dot(path: KernelPath, w: &[Self], a: &[BlockQ8_0]) -> f32 {
         dispatch!(path, q5_0, w, a)
@@ -238,6 +274,8 @@ impl WeightBlock for BlockQ5_1 {
             .sum()
     }
 
+    panel_kernel!(q5_1);
+
     fn vec_dot(path: KernelPath, w: &[Self], a: &[BlockQ8_1]) -> f32 {
         dispatch!(path, q5_1, w, a)
     }
@@ -269,6 +307,8 @@ impl WeightBlock for BlockQ8_0 {
             })
             .sum()
     }
+
+    panel_kernel!(q8_0);
 
     fn vec_dot(path: KernelPath, w: &[Self], a: &[BlockQ8_0]) -> f32 {
         dispatch!(path, q8_0, w, a)

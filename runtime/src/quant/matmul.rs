@@ -4,19 +4,19 @@
 //! `out[t * rows + r] = dot(row r of W, x[t * cols .. (t + 1) * cols])`.
 //!
 //! Each activation row is quantized once per call to the weight type's activation
-//! block type. Output rows are split over the rayon pool in chunks of whole 16-row
-//! groups; within a chunk the token loop is innermost, so a weight row is read from
-//! memory once and reused from L1 for every token.
+//! block type. Output rows are split into chunks of whole 16-row groups that the
+//! threads of the [`Team`] claim; within a chunk the token loop is innermost, so a
+//! weight row is read from memory once and reused from cache for every token.
 
 use half::{bf16, f16};
-use rayon::prelude::*;
 use smq_format::GgmlType;
 
 use super::act::BlockQ8_0;
 use super::float;
 use super::kquants::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K};
 use super::legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1};
-use super::{ActBlock, KernelPath, WeightBlock};
+use super::{ActBlock, KernelPath, WeightBlock, PANEL_TOKENS};
+use crate::team::{Chunks, Team};
 
 /// Why a weight matrix or a byte buffer cannot be used by the kernels.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -188,17 +188,115 @@ pub fn matmul_with(
     n_tokens: usize,
     out: &mut [f32],
 ) {
-    assert_eq!(x.len(), n_tokens * w.cols, "activation length");
-    assert_eq!(out.len(), n_tokens * w.rows, "output length");
-    if n_tokens == 0 || w.rows == 0 {
-        return;
-    }
+    matmul_group_with(path, &mut [(w, out)], x, n_tokens)
+}
+
+/// Several matrices applied to the same input (Q/K/V, gate/up) in one parallel region:
+/// `out_i[t * rows_i + r] = dot(row r of W_i, x[t * cols ..])`.
+pub fn matmul_group(jobs: &mut [(&WeightMatrix, &mut [f32])], x: &[f32], n_tokens: usize) {
+    matmul_group_with(super::cpu::best_path(), jobs, x, n_tokens)
+}
+
+/// [`matmul_group`] on an explicit kernel path.
+pub fn matmul_group_with(
+    path: KernelPath,
+    jobs: &mut [(&WeightMatrix, &mut [f32])],
+    x: &[f32],
+    n_tokens: usize,
+) {
     // Never run code this CPU cannot execute, whatever the caller asked for.
     let path = if path.is_supported() {
         path
     } else {
         KernelPath::Scalar
     };
+    for (w, out) in jobs.iter() {
+        assert_eq!(x.len(), n_tokens * w.cols, "activation length");
+        assert_eq!(out.len(), n_tokens * w.rows, "output length");
+    }
+    if n_tokens == 0 {
+        return;
+    }
+    let prepared: Vec<Prepared> = jobs
+        .iter_mut()
+        .filter(|(w, _)| w.rows > 0)
+        .map(|(w, out)| prepare(path, w, x, n_tokens, Out::new(out)))
+        .collect();
+    run_prepared(&prepared);
+}
+
+/// The output of one matmul, written by several threads at once: every chunk of rows
+/// writes only its own rows (`out[t * rows + r]` for its `r`), so writes never overlap.
+#[derive(Clone, Copy)]
+struct Out {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: `Out` is only used to write disjoint elements from different threads while the
+// `&mut [f32]` it came from is borrowed by `matmul_group_with`.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    fn new(out: &mut [f32]) -> Out {
+        Out {
+            ptr: out.as_mut_ptr(),
+            len: out.len(),
+        }
+    }
+
+    #[inline(always)]
+    fn set(&self, i: usize, v: f32) {
+        assert!(i < self.len, "output index {i} out of {}", self.len);
+        // SAFETY: in bounds (checked), and no other thread writes element `i` (see type).
+        unsafe { *self.ptr.add(i) = v }
+    }
+}
+
+/// One matmul ready to run: `run(range)` computes output rows `range` for every token.
+struct Prepared<'a> {
+    rows: usize,
+    chunk: usize,
+    run: Box<dyn Fn(std::ops::Range<usize>) + Sync + 'a>,
+}
+
+/// Runs every chunk of every prepared matmul on the team, chunks claimed in order.
+fn run_prepared(prepared: &[Prepared]) {
+    let chunks: Vec<(usize, std::ops::Range<usize>)> = prepared
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| {
+            (0..p.rows)
+                .step_by(p.chunk)
+                .map(move |r| (i, r..(r + p.chunk).min(p.rows)))
+        })
+        .collect();
+    let team = Team::global();
+    if chunks.len() == 1 || team.threads() == 1 {
+        for (i, r) in chunks {
+            (prepared[i].run)(r);
+        }
+        return;
+    }
+    let next = Chunks::new(chunks.len(), 1);
+    team.run(&|_| {
+        while let Some(c) = next.claim() {
+            for (i, r) in &chunks[c] {
+                (prepared[*i].run)(r.clone());
+            }
+        }
+    });
+}
+
+/// Quantizes the activations (per the weight type) and wraps the row kernel.
+fn prepare<'a>(
+    path: KernelPath,
+    w: &WeightMatrix<'a>,
+    x: &'a [f32],
+    n_tokens: usize,
+    out: Out,
+) -> Prepared<'a> {
     match w.ty {
         GgmlType::Q4_0 => quantized::<BlockQ4_0>(path, w, x, n_tokens, out),
         GgmlType::Q4_1 => quantized::<BlockQ4_1>(path, w, x, n_tokens, out),
@@ -212,133 +310,155 @@ pub fn matmul_with(
         GgmlType::Q6K => quantized::<BlockQ6K>(path, w, x, n_tokens, out),
         GgmlType::F32 => {
             let wv = cast_floats::<f32>(w.data).expect("validated by WeightMatrix::new");
-            run_rows(w.rows, w.cols, n_tokens, out, |r, t| {
-                let row = &wv[r * w.cols..(r + 1) * w.cols];
-                float::dot_f32(path, row, &x[t * w.cols..(t + 1) * w.cols])
-            });
+            let cols = w.cols;
+            rows_task(w, n_tokens, out, move |r, t| {
+                float::dot_f32(
+                    path,
+                    &wv[r * cols..(r + 1) * cols],
+                    &x[t * cols..(t + 1) * cols],
+                )
+            })
         }
         GgmlType::F16 => {
             let wv = cast_floats::<f16>(w.data).expect("validated by WeightMatrix::new");
             let mut xa = vec![f16::ZERO; x.len()];
             float::f32_to_f16_row(x, &mut xa);
-            run_rows(w.rows, w.cols, n_tokens, out, |r, t| {
-                let row = &wv[r * w.cols..(r + 1) * w.cols];
-                float::dot_f16(path, row, &xa[t * w.cols..(t + 1) * w.cols])
-            });
+            let cols = w.cols;
+            rows_task(w, n_tokens, out, move |r, t| {
+                float::dot_f16(
+                    path,
+                    &wv[r * cols..(r + 1) * cols],
+                    &xa[t * cols..(t + 1) * cols],
+                )
+            })
         }
         GgmlType::BF16 => {
             let wv = cast_floats::<bf16>(w.data).expect("validated by WeightMatrix::new");
             let mut xa = vec![bf16::ZERO; x.len()];
             float::f32_to_bf16_row(x, &mut xa);
-            run_rows(w.rows, w.cols, n_tokens, out, |r, t| {
-                let row = &wv[r * w.cols..(r + 1) * w.cols];
-                float::dot_bf16(path, row, &xa[t * w.cols..(t + 1) * w.cols])
-            });
+            let cols = w.cols;
+            rows_task(w, n_tokens, out, move |r, t| {
+                float::dot_bf16(
+                    path,
+                    &wv[r * cols..(r + 1) * cols],
+                    &xa[t * cols..(t + 1) * cols],
+                )
+            })
         }
         other => unreachable!("WeightMatrix::new admits no {other} matrix"),
     }
 }
 
-/// Quantizes the activations to `B::Act` and runs the fused block dot products.
-fn quantized<B: WeightBlock>(
+/// A row task from a per-(row, token) dot product.
+fn rows_task<'a, F>(w: &WeightMatrix, n_tokens: usize, out: Out, dot: F) -> Prepared<'a>
+where
+    F: Fn(usize, usize) -> f32 + Sync + 'a,
+{
+    let rows = w.rows;
+    Prepared {
+        rows,
+        chunk: chunk_rows(rows, w.cols),
+        run: Box::new(move |range| {
+            for r in range {
+                for t in 0..n_tokens {
+                    out.set(t * rows + r, dot(r, t));
+                }
+            }
+        }),
+    }
+}
+
+/// Quantizes the activations to `B::Act` and wraps the fused block kernels: panels of
+/// 16 tokens for prompts, four tokens at a time for short batches, single rows for
+/// decoding.
+fn quantized<'a, B: WeightBlock>(
     path: KernelPath,
-    w: &WeightMatrix,
+    w: &WeightMatrix<'a>,
     x: &[f32],
     n_tokens: usize,
-    out: &mut [f32],
-) {
+    out: Out,
+) -> Prepared<'a> {
     let blocks = cast_blocks::<B>(w.data).expect("validated by WeightMatrix::new");
+    let rows = w.rows;
     let bpr = w.cols / B::BLOCK_ELEMS;
     let apr = w.cols / <B::Act as ActBlock>::BLOCK_ELEMS;
     let mut act = vec![B::Act::default(); apr * n_tokens];
     for (xr, ar) in x.chunks_exact(w.cols).zip(act.chunks_exact_mut(apr)) {
         B::Act::quantize_row(xr, ar);
     }
-    let row = |r: usize| &blocks[r * bpr..(r + 1) * bpr];
-    let tok = |t: usize| &act[t * apr..(t + 1) * apr];
-    run_rows_x4(
-        w.rows,
-        w.cols,
-        n_tokens,
-        out,
-        |r, t| B::vec_dot(path, row(r), tok(t)),
-        |r, t| B::vec_dot_x4(path, row(r), [tok(t), tok(t + 1), tok(t + 2), tok(t + 3)]),
-    );
+    let chunk = chunk_rows(rows, w.cols);
+    if n_tokens >= PANEL_MIN_TOKENS && B::has_panel_kernel(path) {
+        let panels: Vec<_> = act
+            .chunks(apr * PANEL_TOKENS)
+            .map(|tokens| {
+                let rows: Vec<&[B::Act]> = tokens.chunks_exact(apr).collect();
+                B::Act::build_panel(&rows)
+            })
+            .collect();
+        return Prepared {
+            rows,
+            chunk,
+            run: Box::new(move |range| {
+                // Within a chunk the panel loop is innermost, so the chunk's weights
+                // stay in cache for every panel.
+                let mut lanes = [[0.0f32; PANEL_TOKENS]; PANEL_ROWS];
+                for r0 in range.step_by(PANEL_ROWS) {
+                    let n = PANEL_ROWS.min(rows - r0);
+                    let w = &blocks[r0 * bpr..(r0 + n) * bpr];
+                    for (pi, panel) in panels.iter().enumerate() {
+                        B::panel_dot(path, w, panel, &mut lanes[..n]);
+                        let t0 = pi * PANEL_TOKENS;
+                        for (i, l) in lanes[..n].iter().enumerate() {
+                            for (t, &v) in l.iter().enumerate().take(n_tokens - t0) {
+                                out.set((t0 + t) * rows + r0 + i, v);
+                            }
+                        }
+                    }
+                }
+            }),
+        };
+    }
+    Prepared {
+        rows,
+        chunk,
+        run: Box::new(move |range| {
+            let tok = |t: usize| &act[t * apr..(t + 1) * apr];
+            for r in range {
+                let row = &blocks[r * bpr..(r + 1) * bpr];
+                let mut t = 0;
+                while t + 4 <= n_tokens {
+                    let four =
+                        B::vec_dot_x4(path, row, [tok(t), tok(t + 1), tok(t + 2), tok(t + 3)]);
+                    for (k, v) in four.into_iter().enumerate() {
+                        out.set((t + k) * rows + r, v);
+                    }
+                    t += 4;
+                }
+                for t in t..n_tokens {
+                    out.set(t * rows + r, B::vec_dot(path, row, tok(t)));
+                }
+            }
+        }),
+    }
 }
 
-/// Rows per parallel task: whole 16-row groups, about four tasks per thread for
-/// balance, and at least enough rows that a task outweighs rayon's dispatch cost.
+/// Prompts at least this long use the panel kernels (below, a panel's empty lanes
+/// cost more than the four-token kernels lose).
+const PANEL_MIN_TOKENS: usize = 8;
+
+/// Rows per panel-kernel call: their results for one panel fit in 4 KB on the stack.
+const PANEL_ROWS: usize = 64;
+
+/// Rows per parallel chunk: whole 16-row groups, about four chunks per thread for
+/// balance, and at least enough rows that a chunk outweighs claiming it.
 fn chunk_rows(rows: usize, cols: usize) -> usize {
     const GROUP: usize = 16;
-    // ~32K weight elements per task keeps scheduling overhead in the noise.
+    // ~32K weight elements per chunk keeps claiming overhead in the noise.
     const MIN_ELEMS: usize = 32 * 1024;
-    let threads = rayon::current_num_threads().max(1);
+    let threads = Team::global().threads();
     let balanced = rows.div_ceil(4 * threads);
     let min_rows = MIN_ELEMS.div_ceil(cols.max(1));
     balanced.max(min_rows).div_ceil(GROUP).max(1) * GROUP
-}
-
-/// Evaluates `dot(r, t)` for every row and token into `out[t * rows + r]`, rows split
-/// over the thread pool, tokens innermost.
-fn run_rows<F>(rows: usize, cols: usize, n_tokens: usize, out: &mut [f32], dot: F)
-where
-    F: Fn(usize, usize) -> f32 + Sync,
-{
-    run_rows_x4(rows, cols, n_tokens, out, &dot, |r, t| {
-        std::array::from_fn(|k| dot(r, t + k))
-    })
-}
-
-/// [`run_rows`] where `dot4(r, t)` gives tokens `t..t + 4` of row `r` at once (equal to
-/// four `dot` calls), so a weight row is unpacked once per four tokens.
-fn run_rows_x4<F, F4>(rows: usize, cols: usize, n_tokens: usize, out: &mut [f32], dot: F, dot4: F4)
-where
-    F: Fn(usize, usize) -> f32 + Sync,
-    F4: Fn(usize, usize) -> [f32; 4] + Sync,
-{
-    let chunk = chunk_rows(rows, cols);
-    if n_tokens == 1 {
-        let body = |(ci, o): (usize, &mut [f32])| {
-            for (i, v) in o.iter_mut().enumerate() {
-                *v = dot(ci * chunk + i, 0);
-            }
-        };
-        if rows <= chunk {
-            body((0, out));
-        } else {
-            out.par_chunks_mut(chunk).enumerate().for_each(body);
-        }
-        return;
-    }
-    // Row-major [row][token] scratch so each task owns one contiguous piece, then a
-    // transpose into the [token][row] output (rows * n_tokens copies, negligible next
-    // to rows * n_tokens * cols multiply-adds).
-    let mut tmp = vec![0.0f32; rows * n_tokens];
-    let body = |(ci, o): (usize, &mut [f32])| {
-        for (i, per_tok) in o.chunks_exact_mut(n_tokens).enumerate() {
-            let r = ci * chunk + i;
-            let mut quads = per_tok.chunks_exact_mut(4);
-            for (q, v) in (&mut quads).enumerate() {
-                v.copy_from_slice(&dot4(r, 4 * q));
-            }
-            let done = n_tokens - quads.into_remainder().len();
-            for (t, v) in per_tok.iter_mut().enumerate().skip(done) {
-                *v = dot(r, t);
-            }
-        }
-    };
-    if rows <= chunk {
-        body((0, &mut tmp));
-    } else {
-        tmp.par_chunks_mut(chunk * n_tokens)
-            .enumerate()
-            .for_each(body);
-    }
-    for (r, per_tok) in tmp.chunks_exact(n_tokens).enumerate() {
-        for (t, &v) in per_tok.iter().enumerate() {
-            out[t * rows + r] = v;
-        }
-    }
 }
 
 /// Dequantizes row `row` of `w` into `out` (`w.cols` values): the embedding lookup.

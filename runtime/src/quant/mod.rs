@@ -18,7 +18,17 @@ pub trait ActBlock: Copy + Default + Send + Sync + 'static {
     /// Quantizes `x` (a multiple of `BLOCK_ELEMS` long) into `out` (one block per
     /// `BLOCK_ELEMS` elements), rounding exactly as llama.cpp's reference quantizer does.
     fn quantize_row(x: &[f32], out: &mut [Self]);
+    /// Quantized activations of up to [`PANEL_TOKENS`] tokens laid out one token per
+    /// vector lane, for the prompt-processing kernels ([`WeightBlock::panel_dot`]).
+    type Panel: Send + Sync;
+    /// Builds a panel from 1..=[`PANEL_TOKENS`] quantized rows of equal length; the
+    /// lanes of missing tokens hold zeros.
+    fn build_panel(rows: &[&[Self]]) -> Self::Panel;
 }
+
+/// Tokens per activation panel: the 16 i32 lanes of an AVX-512 register (two AVX2
+/// registers).
+pub const PANEL_TOKENS: usize = 16;
 
 /// A block of quantized weights.
 pub trait WeightBlock: Copy + Send + Sync + 'static {
@@ -41,6 +51,22 @@ pub trait WeightBlock: Copy + Send + Sync + 'static {
     fn vec_dot_x4(path: KernelPath, w: &[Self], a: [&[Self::Act]; 4]) -> [f32; 4] {
         a.map(|a| Self::vec_dot(path, w, a))
     }
+    /// Whether [`Self::panel_dot`] has a kernel on `path`.
+    fn has_panel_kernel(_path: KernelPath) -> bool {
+        false
+    }
+    /// Prompt kernel: every row of `w` (whole rows of `panel`'s length in blocks) against
+    /// every token of `panel`: `out[r][t] = vec_dot(row r, token t)` up to float
+    /// summation order. Lanes of missing tokens are unspecified. Only called when
+    /// [`Self::has_panel_kernel`] says so for `path`.
+    fn panel_dot(
+        _path: KernelPath,
+        _w: &[Self],
+        _panel: &<Self::Act as ActBlock>::Panel,
+        _out: &mut [[f32; PANEL_TOKENS]],
+    ) {
+        unreachable!("{} has no panel kernel", Self::TYPE)
+    }
 }
 
 pub mod act;
@@ -49,6 +75,8 @@ mod f16c;
 pub mod float;
 pub mod kquants;
 pub mod legacy;
+mod legacy_panel;
 pub mod matmul;
+pub mod panel;
 
 pub use cpu::KernelPath;

@@ -11,6 +11,10 @@
 //! `vpdpbusd` + `vpmaddwd` zmm variant measured about 10% slower than the `maddubs`
 //! form (19 vs 21 GB/s from L2). VNNI pays off with row-interleaved layouts, where one
 //! activation load feeds many rows.
+//!
+//! Prompt processing uses panel kernels instead (`panel`, `panel_x86`): sixteen tokens'
+//! activations per vector, one weight unpack shared by all of them, `vpdpbusd` on the
+//! VNNI path.
 
 /// A type's `vec_dot`: its AVX2 kernel (also used on the VNNI path) in its file's `avx2`
 /// module, else the scalar reference. Declared before the type modules that use it.
@@ -27,6 +31,10 @@ macro_rules! dispatch {
     }};
 }
 
+#[macro_use]
+mod panel;
+#[cfg(target_arch = "x86_64")]
+mod panel_x86;
 mod q2k;
 mod q3k;
 mod q4k;
@@ -36,6 +44,7 @@ mod q8k;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+pub use panel::{Q8KPanel, GROUPS_K};
 pub use q2k::BlockQ2K;
 pub use q3k::BlockQ3K;
 pub use q4k::BlockQ4K;

@@ -84,6 +84,8 @@ impl WeightBlock for BlockQ3K {
     fn vec_dot(path: KernelPath, w: &[Self], a: &[BlockQ8K]) -> f32 {
         dispatch!(path, w, a)
     }
+
+    panel_dispatch!(q3k);
 }
 
 #[cfg(target_arch = "x86_64")]

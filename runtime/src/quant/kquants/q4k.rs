@@ -74,6 +74,8 @@ impl WeightBlock for BlockQ4K {
     fn vec_dot(path: KernelPath, w: &[Self], a: &[BlockQ8K]) -> f32 {
         dispatch!(path, w, a)
     }
+
+    panel_dispatch!(q4k);
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -71,6 +71,8 @@ impl WeightBlock for BlockQ5K {
     fn vec_dot(path: KernelPath, w: &[Self], a: &[BlockQ8K]) -> f32 {
         dispatch!(path, w, a)
     }
+
+    panel_dispatch!(q5k);
 }
 
 #[cfg(target_arch = "x86_64")]

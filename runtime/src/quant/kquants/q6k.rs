@@ -68,6 +68,8 @@ impl WeightBlock for BlockQ6K {
     fn vec_dot(path: KernelPath, w: &[Self], a: &[BlockQ8K]) -> f32 {
         dispatch!(path, w, a)
     }
+
+    panel_dispatch!(q6k);
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -1,6 +1,6 @@
 //! Q8_K: the 8-bit activation block for K-quant weights (ggml's `block_q8_K`).
 
-use super::{pod_block, QK_K};
+use super::{pod_block, Q8KPanel, QK_K};
 use crate::quant::ActBlock;
 
 /// 256 activations quantized to int8 with one f32 scale, plus the sums of each run of
@@ -74,6 +74,11 @@ impl BlockQ8K {
 
 impl ActBlock for BlockQ8K {
     const BLOCK_ELEMS: usize = QK_K;
+    type Panel = Q8KPanel;
+
+    fn build_panel(rows: &[&[Self]]) -> Q8KPanel {
+        Q8KPanel::build(rows)
+    }
 
     fn quantize_row(x: &[f32], out: &mut [Self]) {
         assert_eq!(

@@ -1,0 +1,123 @@
+//! Activation panels: the quantized activations of up to [`PANEL_TOKENS`] tokens laid out
+//! one token per vector lane, for the prompt-processing kernels.
+//!
+//! One token at a time, a kernel must sum each row's products horizontally and apply a
+//! scale per row and block. With the tokens spread over the lanes of one register, a
+//! weight's four bytes are broadcast to every lane and multiplied with four activation
+//! bytes of sixteen tokens at once (`vpdpbusd`): every lane ends with its own token's
+//! exact integer dot product, and the per-block float epilogue is shared by sixteen
+//! tokens. The layout is built once per matmul from the ordinary quantized rows, so the
+//! integers are those of the single-token kernels.
+
+use half::f16;
+
+use super::act::{BlockQ8_0, BlockQ8_1, QK8};
+use super::PANEL_TOKENS;
+
+/// Sixteen values, one per token, aligned for a single 64-byte load.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[repr(C, align(64))]
+pub struct Lanes<T>(pub [T; PANEL_TOKENS]);
+
+/// Groups of four activation bytes per 32-element block.
+pub const GROUPS: usize = QK8 / 4;
+
+/// Q8_0 or Q8_1 activations of up to 16 tokens.
+#[derive(Clone, Debug, Default)]
+pub struct Q8Panel {
+    /// Per block, [`GROUPS`] entries: entry `g` holds elements `4g..4g + 4` of every token.
+    pub qs: Vec<Lanes<[i8; 4]>>,
+    /// Per block: every token's scale `d`.
+    pub d: Vec<Lanes<f32>>,
+    /// Per block: every token's Q8_1 `s` (`f16(d Σq)`, as stored); zeros for Q8_0.
+    pub s: Vec<Lanes<f32>>,
+    /// Per block: every token's `Σq`, for the offset corrections of unsigned weights.
+    pub sum: Vec<Lanes<i32>>,
+    /// Tokens present (the other lanes are zeros).
+    pub tokens: usize,
+}
+
+impl Q8Panel {
+    /// Blocks per token row.
+    pub fn blocks(&self) -> usize {
+        self.d.len()
+    }
+
+    /// Transposes `rows` (one quantized row per token, equal lengths) into lanes;
+    /// `parts(block)` gives a block's `d`, `s` (if any) and quants.
+    fn build<B>(rows: &[&[B]], parts: impl Fn(&B) -> (f16, Option<f16>, &[i8; QK8])) -> Self {
+        assert!(
+            (1..=PANEL_TOKENS).contains(&rows.len()),
+            "a panel holds 1..=16 tokens"
+        );
+        let blocks = rows[0].len();
+        assert!(
+            rows.iter().all(|r| r.len() == blocks),
+            "panel rows differ in length"
+        );
+        let mut p = Q8Panel {
+            qs: vec![Lanes::default(); blocks * GROUPS],
+            d: vec![Lanes::default(); blocks],
+            s: vec![Lanes::default(); blocks],
+            sum: vec![Lanes::default(); blocks],
+            tokens: rows.len(),
+        };
+        for (t, row) in rows.iter().enumerate() {
+            for (b, block) in row.iter().enumerate() {
+                let (d, s, q) = parts(block);
+                p.d[b].0[t] = d.to_f32();
+                p.s[b].0[t] = s.map_or(0.0, f16::to_f32);
+                p.sum[b].0[t] = q.iter().map(|&v| v as i32).sum();
+                for g in 0..GROUPS {
+                    p.qs[b * GROUPS + g].0[t].copy_from_slice(&q[4 * g..4 * g + 4]);
+                }
+            }
+        }
+        p
+    }
+
+    pub fn from_q8_0(rows: &[&[BlockQ8_0]]) -> Self {
+        Self::build(rows, |b| (b.d, None, &b.qs))
+    }
+
+    pub fn from_q8_1(rows: &[&[BlockQ8_1]]) -> Self {
+        Self::build(rows, |b| (b.d, Some(b.s), &b.qs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lanes_hold_each_tokens_bytes_in_order() {
+        let rows: Vec<Vec<BlockQ8_1>> = (0..3)
+            .map(|t| {
+                (0..2)
+                    .map(|b| BlockQ8_1 {
+                        d: f16::from_f32(t as f32 + 1.0),
+                        s: f16::from_f32(b as f32 - 2.0),
+                        qs: std::array::from_fn(|i| (t * 40 + b * 7 + i) as i8),
+                    })
+                    .collect()
+            })
+            .collect();
+        let refs: Vec<&[BlockQ8_1]> = rows.iter().map(Vec::as_slice).collect();
+        let p = Q8Panel::from_q8_1(&refs);
+        assert_eq!((p.blocks(), p.tokens), (2, 3));
+        for (t, row) in rows.iter().enumerate() {
+            for (b, block) in row.iter().enumerate() {
+                assert_eq!(p.d[b].0[t], t as f32 + 1.0);
+                assert_eq!(p.s[b].0[t], b as f32 - 2.0);
+                let q = block.qs;
+                assert_eq!(p.sum[b].0[t], q.iter().map(|&v| v as i32).sum::<i32>());
+                for (i, &v) in q.iter().enumerate() {
+                    assert_eq!(p.qs[b * GROUPS + i / 4].0[t][i % 4], v);
+                }
+            }
+        }
+        // Missing tokens are zeros, so they add nothing to any lane's sum.
+        assert!(p.qs.iter().all(|l| l.0[3..].iter().all(|v| *v == [0; 4])));
+        assert!(p.d.iter().all(|l| l.0[3..].iter().all(|&v| v == 0.0)));
+    }
+}
