@@ -1,10 +1,13 @@
 //! `smq bench`: prompt processing (pp) and generation (tg) speed, like llama-bench, plus
-//! time to first token, per-token latency percentiles and peak memory.
+//! time to first token, per-token latency percentiles and peak memory; with `--profile`,
+//! where a decoded token's time goes, op by op.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{json, Value};
 use smq_runtime::generate::Session;
+use smq_runtime::model::ModelError;
+use smq_runtime::profile::{self, OpTime};
 use smq_runtime::quant::cpu::{best_path, cpu_model_name};
 
 use super::{fail, print_json, CliResult};
@@ -57,6 +60,11 @@ pub fn run(args: &BenchArgs, process_start: Instant) -> CliResult {
         }
         tg.push(args.n_gen as f64 / t.elapsed().as_secs_f64());
     }
+    let profiled = if args.profile {
+        Some(profile_tg(&mut session, args.n_gen, prompt(1)[0])?)
+    } else {
+        None
+    };
     let peak_rss_mb = peak_rss_mb();
     let path = best_path().name();
     let cpu = cpu_model_name();
@@ -67,7 +75,7 @@ pub fn run(args: &BenchArgs, process_start: Instant) -> CliResult {
         percentile(&mut latencies, 99.0),
     );
     if args.json {
-        print_json(&json!({
+        let mut out = json!({
             "model": args.model.model,
             "cpu": cpu,
             "kernel_path": path,
@@ -85,7 +93,11 @@ pub fn run(args: &BenchArgs, process_start: Instant) -> CliResult {
             "tg_p95_ms": p95,
             "tg_p99_ms": p99,
             "peak_rss_mb": peak_rss_mb,
-        }));
+        });
+        if let Some(p) = &profiled {
+            out["profile"] = p.to_json();
+        }
+        print_json(&out);
     } else {
         println!("cpu: {cpu} | kernel path: {path} | {threads} threads");
         println!(
@@ -95,8 +107,130 @@ pub fn run(args: &BenchArgs, process_start: Instant) -> CliResult {
         println!(
             "load {load_ms:.0} ms | time to first token {ttft_ms:.0} ms | tg latency p50 {p50:.2} / p95 {p95:.2} / p99 {p99:.2} ms | peak RSS {peak_rss_mb:.0} MB"
         );
+        if let Some(p) = &profiled {
+            p.print();
+        }
     }
     Ok(())
+}
+
+/// Where the time of the decoded tokens of one profiled tg pass went.
+struct TokenProfile {
+    tokens: usize,
+    /// Summed wall time of the decode steps (sampling excluded).
+    wall: Duration,
+    ops: Vec<OpTime>,
+}
+
+/// Decodes `n` tokens from an empty context with the profiler on.
+fn profile_tg(session: &mut Session, n: usize, first: u32) -> Result<TokenProfile, ModelError> {
+    session.reset();
+    profile::reset();
+    profile::enable(true);
+    let mut wall = Duration::ZERO;
+    let mut decode = || -> Result<(), ModelError> {
+        let mut next = first;
+        for _ in 0..n {
+            let t = Instant::now();
+            let logits = session.eval(&[next])?;
+            wall += t.elapsed();
+            next = argmax(logits);
+        }
+        Ok(())
+    };
+    let decoded = decode();
+    // Off again before reporting an error, so nothing else is measured.
+    profile::enable(false);
+    decoded?;
+    Ok(TokenProfile {
+        tokens: n,
+        wall,
+        ops: profile::snapshot(),
+    })
+}
+
+impl TokenProfile {
+    fn per_token_ms(&self, nanos: u64) -> f64 {
+        nanos as f64 / 1e6 / self.tokens as f64
+    }
+
+    fn wall_ms(&self) -> f64 {
+        self.wall.as_secs_f64() * 1000.0 / self.tokens as f64
+    }
+
+    /// Percent of the token's wall time.
+    fn share(&self, ms: f64) -> f64 {
+        let wall = self.wall_ms();
+        if wall > 0.0 {
+            100.0 * ms / wall
+        } else {
+            0.0
+        }
+    }
+
+    /// Wall time not inside any timed op (session bookkeeping, dispatch, timer overhead).
+    fn other_ms(&self) -> f64 {
+        let timed: u64 = self.ops.iter().map(|o| o.nanos).sum();
+        (self.wall_ms() - self.per_token_ms(timed)).max(0.0)
+    }
+
+    fn calls_per_token(&self, op: &OpTime) -> f64 {
+        op.calls as f64 / self.tokens as f64
+    }
+
+    fn print(&self) {
+        println!(
+            "profile of tg{} (per decoded token, sampling excluded): wall {:.3} ms",
+            self.tokens,
+            self.wall_ms()
+        );
+        println!(
+            "  {:<20} {:>10} {:>8} {:>12}",
+            "op", "ms/token", "share", "calls/token"
+        );
+        for op in &self.ops {
+            let ms = self.per_token_ms(op.nanos);
+            println!(
+                "  {:<20} {:>10.4} {:>7.1}% {:>12.1}",
+                op.name,
+                ms,
+                self.share(ms),
+                self.calls_per_token(op)
+            );
+        }
+        let other = self.other_ms();
+        println!(
+            "  {:<20} {:>10.4} {:>7.1}%",
+            "other",
+            other,
+            self.share(other)
+        );
+        println!("  {:<20} {:>10.4} {:>7.1}%", "total", self.wall_ms(), 100.0);
+    }
+
+    fn to_json(&self) -> Value {
+        let ops: Vec<Value> = self
+            .ops
+            .iter()
+            .map(|op| {
+                let ms = self.per_token_ms(op.nanos);
+                json!({
+                    "op": op.name,
+                    "ms_per_token": ms,
+                    "share_pct": self.share(ms),
+                    "calls_per_token": self.calls_per_token(op),
+                })
+            })
+            .collect();
+        let other = self.other_ms();
+        json!({
+            "tokens": self.tokens,
+            "wall_ms_per_token": self.wall_ms(),
+            "other_ms_per_token": other,
+            "other_share_pct": self.share(other),
+            "ops": ops,
+        })
+    }
 }
 
 fn ms(t: Instant) -> f64 {

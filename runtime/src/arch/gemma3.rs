@@ -13,6 +13,7 @@ use super::{attention, embed, rope_qk, Batch, Scratch};
 use crate::kv_cache::KvCache;
 use crate::model::{Hparams, Model, ModelError, SlidingWindow, TensorSpec};
 use crate::ops::{add_inplace, geglu, rmsnorm, rmsnorm_inplace, scale, Rope, RopeStyle};
+use crate::profile::{time, Op};
 use crate::quant::matmul::{matmul, matmul_group};
 
 /// One global layer after every five sliding-window layers.
@@ -79,7 +80,7 @@ pub(crate) fn forward(
         |what: &str, il: usize| ModelError::MissingTensor(format!("blk.{il}.{what}.weight"));
 
     embed(m, tokens, x)?;
-    scale(x, (hp.n_embd as f32).sqrt());
+    time(Op::Embedding, || scale(x, (hp.n_embd as f32).sqrt()));
 
     for (il, w) in m.layers.iter().enumerate() {
         let q_norm = w.q_norm.ok_or_else(|| missing("attn_q_norm", il))?;
@@ -92,33 +93,43 @@ pub(crate) fn forward(
             .ok_or_else(|| missing("post_ffw_norm", il))?;
 
         // Attention.
-        rmsnorm(xb, x, w.attn_norm, hp.rms_eps);
-        matmul_group(
-            &mut [(&w.wq, &mut *q), (&w.wk, &mut *k), (&w.wv, &mut *v)],
-            xb,
-            nt,
-        );
-        rmsnorm_inplace(q, q_norm, hp.rms_eps);
-        rmsnorm_inplace(k, k_norm, hp.rms_eps);
-        rope_qk(hp, &hp.layer_rope(il), None, pos0, q, k, rope_cs);
-        scale(q, hp.attn_scale);
-        kv.store(il, k, v);
-        attention(hp, kv, il, pos0, q, att, hp.layer_window(il), 1.0);
-        matmul(&w.wo, att, nt, xb2);
-        rmsnorm_inplace(xb2, post_attn_norm, hp.rms_eps);
-        add_inplace(x, xb2);
+        time(Op::Norm, || rmsnorm(xb, x, w.attn_norm, hp.rms_eps));
+        time(Op::QkvMatmul, || {
+            matmul_group(
+                &mut [(&w.wq, &mut *q), (&w.wk, &mut *k), (&w.wv, &mut *v)],
+                xb,
+                nt,
+            )
+        });
+        time(Op::QkNormRope, || {
+            rmsnorm_inplace(q, q_norm, hp.rms_eps);
+            rmsnorm_inplace(k, k_norm, hp.rms_eps);
+            rope_qk(hp, &hp.layer_rope(il), None, pos0, q, k, rope_cs);
+            scale(q, hp.attn_scale);
+        });
+        time(Op::KvStore, || kv.store(il, k, v));
+        time(Op::Attention, || {
+            attention(hp, kv, il, pos0, q, att, hp.layer_window(il), 1.0)
+        });
+        time(Op::OutputProj, || matmul(&w.wo, att, nt, xb2));
+        time(Op::Norm, || {
+            rmsnorm_inplace(xb2, post_attn_norm, hp.rms_eps)
+        });
+        time(Op::Residual, || add_inplace(x, xb2));
 
         // Feed-forward.
-        rmsnorm(xb, x, w.ffn_norm, hp.rms_eps);
-        matmul_group(
-            &mut [(&w.ffn_gate, &mut *gate), (&w.ffn_up, &mut *up)],
-            xb,
-            nt,
-        );
-        geglu(gate, up);
-        matmul(&w.ffn_down, gate, nt, xb2);
-        rmsnorm_inplace(xb2, post_ffn_norm, hp.rms_eps);
-        add_inplace(x, xb2);
+        time(Op::Norm, || rmsnorm(xb, x, w.ffn_norm, hp.rms_eps));
+        time(Op::GateUpMatmul, || {
+            matmul_group(
+                &mut [(&w.ffn_gate, &mut *gate), (&w.ffn_up, &mut *up)],
+                xb,
+                nt,
+            )
+        });
+        time(Op::Glu, || geglu(gate, up));
+        time(Op::DownProj, || matmul(&w.ffn_down, gate, nt, xb2));
+        time(Op::Norm, || rmsnorm_inplace(xb2, post_ffn_norm, hp.rms_eps));
+        time(Op::Residual, || add_inplace(x, xb2));
     }
     Ok(())
 }

@@ -16,6 +16,7 @@ use super::{attention, embed, rope_qk, Batch, Scratch};
 use crate::kv_cache::KvCache;
 use crate::model::{Hparams, Model, ModelError, TensorSpec};
 use crate::ops::{add_bias, add_inplace, rmsnorm, rmsnorm_inplace, swiglu, RopeStyle};
+use crate::profile::{time, Op};
 use crate::quant::matmul::{matmul, matmul_group};
 
 pub(crate) fn configure(hp: &mut Hparams, _cfg: &ModelConfig) -> Result<TensorSpec, ModelError> {
@@ -60,41 +61,53 @@ pub(crate) fn forward(
 
     for (il, w) in m.layers.iter().enumerate() {
         // Attention.
-        rmsnorm(xb, x, w.attn_norm, hp.rms_eps);
-        matmul_group(
-            &mut [(&w.wq, &mut *q), (&w.wk, &mut *k), (&w.wv, &mut *v)],
-            xb,
-            nt,
-        );
-        bias(q, w.bq);
-        bias(k, w.bk);
-        bias(v, w.bv);
-        if let (Some(q_norm), Some(k_norm)) = (w.q_norm, w.k_norm) {
-            rmsnorm_inplace(q, q_norm, hp.rms_eps);
-            rmsnorm_inplace(k, k_norm, hp.rms_eps);
-        }
-        if hp.layer_has_rope(il) {
-            rope_qk(hp, &hp.rope, m.rope_freqs, pos0, q, k, rope_cs);
-        }
-        kv.store(il, k, v);
-        attention(hp, kv, il, pos0, q, att, None, hp.attn_scale);
-        matmul(&w.wo, att, nt, xb2);
-        bias(xb2, w.bo);
-        add_inplace(x, xb2);
+        time(Op::Norm, || rmsnorm(xb, x, w.attn_norm, hp.rms_eps));
+        time(Op::QkvMatmul, || {
+            matmul_group(
+                &mut [(&w.wq, &mut *q), (&w.wk, &mut *k), (&w.wv, &mut *v)],
+                xb,
+                nt,
+            );
+            bias(q, w.bq);
+            bias(k, w.bk);
+            bias(v, w.bv);
+        });
+        time(Op::QkNormRope, || {
+            if let (Some(q_norm), Some(k_norm)) = (w.q_norm, w.k_norm) {
+                rmsnorm_inplace(q, q_norm, hp.rms_eps);
+                rmsnorm_inplace(k, k_norm, hp.rms_eps);
+            }
+            if hp.layer_has_rope(il) {
+                rope_qk(hp, &hp.rope, m.rope_freqs, pos0, q, k, rope_cs);
+            }
+        });
+        time(Op::KvStore, || kv.store(il, k, v));
+        time(Op::Attention, || {
+            attention(hp, kv, il, pos0, q, att, None, hp.attn_scale)
+        });
+        time(Op::OutputProj, || {
+            matmul(&w.wo, att, nt, xb2);
+            bias(xb2, w.bo);
+        });
+        time(Op::Residual, || add_inplace(x, xb2));
 
         // Feed-forward.
-        rmsnorm(xb, x, w.ffn_norm, hp.rms_eps);
-        matmul_group(
-            &mut [(&w.ffn_gate, &mut *gate), (&w.ffn_up, &mut *up)],
-            xb,
-            nt,
-        );
-        bias(gate, w.ffn_gate_b);
-        bias(up, w.ffn_up_b);
-        swiglu(gate, up);
-        matmul(&w.ffn_down, gate, nt, xb2);
-        bias(xb2, w.ffn_down_b);
-        add_inplace(x, xb2);
+        time(Op::Norm, || rmsnorm(xb, x, w.ffn_norm, hp.rms_eps));
+        time(Op::GateUpMatmul, || {
+            matmul_group(
+                &mut [(&w.ffn_gate, &mut *gate), (&w.ffn_up, &mut *up)],
+                xb,
+                nt,
+            );
+            bias(gate, w.ffn_gate_b);
+            bias(up, w.ffn_up_b);
+        });
+        time(Op::Glu, || swiglu(gate, up));
+        time(Op::DownProj, || {
+            matmul(&w.ffn_down, gate, nt, xb2);
+            bias(xb2, w.ffn_down_b);
+        });
+        time(Op::Residual, || add_inplace(x, xb2));
     }
     Ok(())
 }

@@ -184,6 +184,12 @@ pub fn forward(
 
 /// Looks up the embedding rows of `tokens` into `x`.
 pub(crate) fn embed(model: &Model, tokens: &[u32], x: &mut [f32]) -> Result<(), ModelError> {
+    crate::profile::time(crate::profile::Op::Embedding, || {
+        embed_rows(model, tokens, x)
+    })
+}
+
+fn embed_rows(model: &Model, tokens: &[u32], x: &mut [f32]) -> Result<(), ModelError> {
     let n_embd = model.hp.n_embd;
     for (&id, row) in tokens.iter().zip(x.chunks_exact_mut(n_embd)) {
         if id as usize >= model.hp.n_vocab {
@@ -298,6 +304,18 @@ impl HeadOut {
 
 /// Final norm and LM head for the positions `outputs` asks for.
 fn lm_head(
+    model: &Model,
+    scratch: &mut Scratch,
+    n_tokens: usize,
+    outputs: Outputs,
+    logits: &mut Vec<f32>,
+) {
+    crate::profile::time(crate::profile::Op::LmHead, || {
+        lm_head_rows(model, scratch, n_tokens, outputs, logits)
+    })
+}
+
+fn lm_head_rows(
     model: &Model,
     scratch: &mut Scratch,
     n_tokens: usize,
