@@ -8,6 +8,9 @@
 //! threads of the [`Team`] claim; within a chunk the token loop is innermost, so a
 //! weight row is read from memory once and reused from cache for every token.
 
+use std::any::{Any, TypeId};
+use std::sync::{Arc, Mutex};
+
 use half::{bf16, f16};
 use smq_format::GgmlType;
 
@@ -217,10 +220,11 @@ pub fn matmul_group_with(
     if n_tokens == 0 {
         return;
     }
+    let mut acts = ActCache::default();
     let prepared: Vec<Prepared> = jobs
         .iter_mut()
         .filter(|(w, _)| w.rows > 0)
-        .map(|(w, out)| prepare(path, w, x, n_tokens, Out::new(out)))
+        .map(|(w, out)| prepare(path, w, x, n_tokens, Out::new(out), &mut acts))
         .collect();
     run_prepared(&prepared);
 }
@@ -296,18 +300,19 @@ fn prepare<'a>(
     x: &'a [f32],
     n_tokens: usize,
     out: Out,
+    acts: &mut ActCache,
 ) -> Prepared<'a> {
     match w.ty {
-        GgmlType::Q4_0 => quantized::<BlockQ4_0>(path, w, x, n_tokens, out),
-        GgmlType::Q4_1 => quantized::<BlockQ4_1>(path, w, x, n_tokens, out),
-        GgmlType::Q5_0 => quantized::<BlockQ5_0>(path, w, x, n_tokens, out),
-        GgmlType::Q5_1 => quantized::<BlockQ5_1>(path, w, x, n_tokens, out),
-        GgmlType::Q8_0 => quantized::<BlockQ8_0>(path, w, x, n_tokens, out),
-        GgmlType::Q2K => quantized::<BlockQ2K>(path, w, x, n_tokens, out),
-        GgmlType::Q3K => quantized::<BlockQ3K>(path, w, x, n_tokens, out),
-        GgmlType::Q4K => quantized::<BlockQ4K>(path, w, x, n_tokens, out),
-        GgmlType::Q5K => quantized::<BlockQ5K>(path, w, x, n_tokens, out),
-        GgmlType::Q6K => quantized::<BlockQ6K>(path, w, x, n_tokens, out),
+        GgmlType::Q4_0 => quantized::<BlockQ4_0>(path, w, x, n_tokens, out, acts),
+        GgmlType::Q4_1 => quantized::<BlockQ4_1>(path, w, x, n_tokens, out, acts),
+        GgmlType::Q5_0 => quantized::<BlockQ5_0>(path, w, x, n_tokens, out, acts),
+        GgmlType::Q5_1 => quantized::<BlockQ5_1>(path, w, x, n_tokens, out, acts),
+        GgmlType::Q8_0 => quantized::<BlockQ8_0>(path, w, x, n_tokens, out, acts),
+        GgmlType::Q2K => quantized::<BlockQ2K>(path, w, x, n_tokens, out, acts),
+        GgmlType::Q3K => quantized::<BlockQ3K>(path, w, x, n_tokens, out, acts),
+        GgmlType::Q4K => quantized::<BlockQ4K>(path, w, x, n_tokens, out, acts),
+        GgmlType::Q5K => quantized::<BlockQ5K>(path, w, x, n_tokens, out, acts),
+        GgmlType::Q6K => quantized::<BlockQ6K>(path, w, x, n_tokens, out, acts),
         GgmlType::F32 => {
             let wv = cast_floats::<f32>(w.data).expect("validated by WeightMatrix::new");
             let cols = w.cols;
@@ -377,24 +382,16 @@ fn quantized<'a, B: WeightBlock>(
     x: &[f32],
     n_tokens: usize,
     out: Out,
+    acts: &mut ActCache,
 ) -> Prepared<'a> {
     let blocks = cast_blocks::<B>(w.data).expect("validated by WeightMatrix::new");
     let rows = w.rows;
     let bpr = w.cols / B::BLOCK_ELEMS;
     let apr = w.cols / <B::Act as ActBlock>::BLOCK_ELEMS;
-    let mut act = vec![B::Act::default(); apr * n_tokens];
-    for (xr, ar) in x.chunks_exact(w.cols).zip(act.chunks_exact_mut(apr)) {
-        B::Act::quantize_row(xr, ar);
-    }
     let chunk = chunk_rows(rows, w.cols);
-    if n_tokens >= PANEL_MIN_TOKENS && B::has_panel_kernel(path) {
-        let panels: Vec<_> = act
-            .chunks(apr * PANEL_TOKENS)
-            .map(|tokens| {
-                let rows: Vec<&[B::Act]> = tokens.chunks_exact(apr).collect();
-                B::Act::build_panel(&rows)
-            })
-            .collect();
+    let panels = n_tokens >= PANEL_MIN_TOKENS && B::has_panel_kernel(path);
+    let act = acts.get::<B::Act>(x, w.cols, n_tokens, panels);
+    if panels {
         return Prepared {
             rows,
             chunk,
@@ -405,12 +402,14 @@ fn quantized<'a, B: WeightBlock>(
                 for r0 in range.step_by(PANEL_ROWS) {
                     let n = PANEL_ROWS.min(rows - r0);
                     let w = &blocks[r0 * bpr..(r0 + n) * bpr];
-                    for (pi, panel) in panels.iter().enumerate() {
+                    for (pi, panel) in act.panels.iter().enumerate() {
                         B::panel_dot(path, w, panel, &mut lanes[..n]);
                         let t0 = pi * PANEL_TOKENS;
-                        for (i, l) in lanes[..n].iter().enumerate() {
-                            for (t, &v) in l.iter().enumerate().take(n_tokens - t0) {
-                                out.set((t0 + t) * rows + r0 + i, v);
+                        // Token-major, so each token's outputs are one contiguous run.
+                        for t in 0..PANEL_TOKENS.min(n_tokens - t0) {
+                            let base = (t0 + t) * rows + r0;
+                            for (i, l) in lanes[..n].iter().enumerate() {
+                                out.set(base + i, l[t]);
                             }
                         }
                     }
@@ -422,7 +421,7 @@ fn quantized<'a, B: WeightBlock>(
         rows,
         chunk,
         run: Box::new(move |range| {
-            let tok = |t: usize| &act[t * apr..(t + 1) * apr];
+            let tok = |t: usize| &act.rows[t * apr..(t + 1) * apr];
             for r in range {
                 let row = &blocks[r * bpr..(r + 1) * bpr];
                 let mut t = 0;
@@ -440,6 +439,80 @@ fn quantized<'a, B: WeightBlock>(
             }
         }),
     }
+}
+
+/// Quantized activations of one matmul input: the rows (`cols / A::BLOCK_ELEMS` blocks
+/// per token) and, for prompts, their 16-token panels.
+struct Acts<A: ActBlock> {
+    rows: Vec<A>,
+    panels: Vec<A::Panel>,
+}
+
+/// The activations of one input quantized once per activation type, shared by every
+/// matrix of a group (Q, K and V all read the same normed input).
+#[derive(Default)]
+struct ActCache {
+    entries: Vec<(TypeId, bool, Arc<dyn Any + Send + Sync>)>,
+}
+
+impl ActCache {
+    fn get<A: ActBlock>(
+        &mut self,
+        x: &[f32],
+        cols: usize,
+        n_tokens: usize,
+        panels: bool,
+    ) -> Arc<Acts<A>> {
+        let key = TypeId::of::<A>();
+        if let Some((_, _, a)) = self.entries.iter().find(|e| e.0 == key && e.1 == panels) {
+            return Arc::clone(a).downcast().expect("keyed by type");
+        }
+        let acts = Arc::new(quantize_acts::<A>(x, cols, n_tokens, panels));
+        self.entries.push((key, panels, acts.clone()));
+        acts
+    }
+}
+
+/// Up to 16 tokens' quantized rows and their panel, filled by one task.
+type Group<'r, A> = (&'r mut [A], Option<<A as ActBlock>::Panel>);
+
+/// Quantizes `n_tokens` rows of `cols` values, 16 tokens per task on the team (each
+/// task also builds its panel when `panels`).
+fn quantize_acts<A: ActBlock>(x: &[f32], cols: usize, n_tokens: usize, panels: bool) -> Acts<A> {
+    let apr = cols / A::BLOCK_ELEMS;
+    let mut rows = vec![A::default(); apr * n_tokens];
+    let groups: Vec<Mutex<Group<A>>> = rows
+        .chunks_mut(apr * PANEL_TOKENS)
+        .map(|g| Mutex::new((g, None)))
+        .collect();
+    let work = |gi: usize| {
+        let mut g = groups[gi].lock().unwrap_or_else(|e| e.into_inner());
+        let (out, panel) = &mut *g;
+        let first = gi * PANEL_TOKENS;
+        let xs = &x[first * cols..(first + out.len() / apr) * cols];
+        for (xr, ar) in xs.chunks_exact(cols).zip(out.chunks_exact_mut(apr)) {
+            A::quantize_row(xr, ar);
+        }
+        if panels {
+            let tokens: Vec<&[A]> = out.chunks_exact(apr).collect();
+            *panel = Some(A::build_panel(&tokens));
+        }
+    };
+    if groups.len() == 1 {
+        work(0);
+    } else {
+        let next = Chunks::new(groups.len(), 1);
+        Team::global().run(&|_| {
+            while let Some(r) = next.claim() {
+                r.for_each(work);
+            }
+        });
+    }
+    let panels = groups
+        .into_iter()
+        .filter_map(|g| g.into_inner().unwrap_or_else(|e| e.into_inner()).1)
+        .collect();
+    Acts { rows, panels }
 }
 
 /// Prompts at least this long use the panel kernels (below, a panel's empty lanes

@@ -20,7 +20,7 @@ pub trait ActBlock: Copy + Default + Send + Sync + 'static {
     fn quantize_row(x: &[f32], out: &mut [Self]);
     /// Quantized activations of up to [`PANEL_TOKENS`] tokens laid out one token per
     /// vector lane, for the prompt-processing kernels ([`WeightBlock::panel_dot`]).
-    type Panel: Send + Sync;
+    type Panel: Send + Sync + 'static;
     /// Builds a panel from 1..=[`PANEL_TOKENS`] quantized rows of equal length; the
     /// lanes of missing tokens hold zeros.
     fn build_panel(rows: &[&[Self]]) -> Self::Panel;
