@@ -411,9 +411,6 @@ mod x86 {
                     dot_u8_i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w))
                 }
 
-                /// How far ahead of the current block the weights are prefetched.
-                const PREFETCH_AHEAD: usize = 1024;
-
                 /// Runs `$block` over block pairs with two accumulators (hides FMA
                 /// latency), then the odd block; yields the summed vector.
                 macro_rules! two_acc {
@@ -427,7 +424,7 @@ mod x86 {
                             // early so the loads below find them in cache. A prefetch
                             // past the end of the matrix is harmless.
                             _mm_prefetch::<_MM_HINT_T0>(
-                                ww.as_ptr().cast::<i8>().wrapping_add(PREFETCH_AHEAD),
+                                ww.as_ptr().cast::<i8>().wrapping_add(crate::quant::PREFETCH_AHEAD),
                             );
                             let ($x, $y) = (&ww[0], &aa[0]);
                             let (s, d) = $blk;
@@ -509,7 +506,7 @@ mod x86 {
                         let mut acc = [[_mm256_setzero_ps(); 2]; 4];
                         for ($i, $x) in $w.iter().enumerate() {
                             _mm_prefetch::<_MM_HINT_T0>(
-                                ($x as *const _ as *const i8).wrapping_add(PREFETCH_AHEAD),
+                                ($x as *const _ as *const i8).wrapping_add(crate::quant::PREFETCH_AHEAD),
                             );
                             let $wv = $prep;
                             for ($j, (acc, act)) in acc.iter_mut().zip(&$act).enumerate() {

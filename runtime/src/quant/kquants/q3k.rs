@@ -122,6 +122,7 @@ mod avx2 {
         let bit2 = _mm256_set1_epi8(4);
         let mut acc = _mm256_setzero_ps();
         for (x, y) in w.iter().zip(a) {
+            crate::quant::prefetch_ahead(x);
             let d = _mm256_set1_ps(y.d * f16_to_f32(x.d.to_bits()));
             let sc8 = unpack_scales(&x.scales);
             let sc16 = _mm256_cvtepi8_epi16(sc8);

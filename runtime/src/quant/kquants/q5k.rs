@@ -92,6 +92,7 @@ mod avx2 {
         let mut acc = _mm256_setzero_ps();
         let mut acc_m = _mm256_setzero_ps();
         for (x, y) in w.iter().zip(a) {
+            crate::quant::prefetch_ahead(x);
             let dy = y.d;
             let d = _mm256_set1_ps(dy * f16_to_f32(x.d.to_bits()));
             let dmin = _mm256_set1_ps(dy * f16_to_f32(x.dmin.to_bits()));

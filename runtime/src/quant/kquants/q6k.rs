@@ -88,6 +88,7 @@ mod avx2 {
         let m2 = _mm256_set1_epi8(0x30);
         let mut acc = _mm256_setzero_ps();
         for (x, y) in w.iter().zip(a) {
+            crate::quant::prefetch_ahead(x);
             let d = _mm256_set1_ps(y.d * f16_to_f32(x.d.to_bits()));
             let sc_bytes = load128(x.scales.as_ptr());
             let bs = load256(y.bsums.as_ptr());
