@@ -72,6 +72,63 @@ fn round_half_even(x: f32) -> f32 {
     }
 }
 
+/// [`quantize_block`] on the best path this CPU has (same bits on every path).
+#[inline]
+fn quantize_block_fast(x: &[f32], q: &mut [i8; QK8]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if super::KernelPath::Avx2.is_supported() {
+        let x: &[f32; QK8] = x.try_into().expect("a 32-element block");
+        // SAFETY: AVX2, FMA and F16C were just detected.
+        return unsafe { avx2::quantize_block(x, q) };
+    }
+    quantize_block(x, q)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::QK8;
+
+    /// [`super::quantize_block`] eight lanes at a time, with the same bits: the same
+    /// IEEE max, divisions and multiplies; `cvtps_epi32` rounds to nearest even (the
+    /// default rounding mode), like the magic-number rounding; lanes whose product is
+    /// NaN become 0 as `NaN as i8` does; the saturating packs act as the `as i8` cast.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn quantize_block(x: &[f32; QK8], q: &mut [i8; QK8]) -> f32 {
+        let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        // SAFETY (all loads and the store): `x` and `q` are 32 elements; unaligned.
+        let v: [__m256; 4] =
+            std::array::from_fn(|i| unsafe { _mm256_loadu_ps(x.as_ptr().add(8 * i)) });
+        let mut vmax = _mm256_setzero_ps();
+        for v in &v {
+            // max_ps returns the second operand when either is NaN: NaNs never win, as
+            // with `f32::max` in the scalar fold.
+            vmax = _mm256_max_ps(_mm256_and_ps(*v, abs_mask), vmax);
+        }
+        let m = _mm_max_ps(
+            _mm256_castps256_ps128(vmax),
+            _mm256_extractf128_ps::<1>(vmax),
+        );
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+        let d = amax / 127.0;
+        let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+        let ints: [__m256i; 4] = std::array::from_fn(|i| {
+            let prod = _mm256_mul_ps(v[i], id);
+            let ordered = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_ORD_Q>(prod, prod));
+            _mm256_and_si256(_mm256_cvtps_epi32(prod), ordered)
+        });
+        let w01 = _mm256_packs_epi32(ints[0], ints[1]);
+        let w23 = _mm256_packs_epi32(ints[2], ints[3]);
+        let b = _mm256_packs_epi16(w01, w23);
+        // The packs interleave 128-bit lanes: put the 4-byte groups back in order.
+        let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        unsafe { _mm256_storeu_si256(q.as_mut_ptr().cast(), b) };
+        d
+    }
+}
+
 impl ActBlock for BlockQ8_0 {
     const BLOCK_ELEMS: usize = QK8;
     type Panel = Q8Panel;
@@ -83,7 +140,7 @@ impl ActBlock for BlockQ8_0 {
     fn quantize_row(x: &[f32], out: &mut [Self]) {
         assert_eq!(x.len(), out.len() * QK8, "Q8_0 row length");
         for (xb, ob) in x.chunks_exact(QK8).zip(out.iter_mut()) {
-            let d = quantize_block(xb, &mut ob.qs);
+            let d = quantize_block_fast(xb, &mut ob.qs);
             ob.d = f16::from_f32(d);
         }
     }
@@ -100,7 +157,7 @@ impl ActBlock for BlockQ8_1 {
     fn quantize_row(x: &[f32], out: &mut [Self]) {
         assert_eq!(x.len(), out.len() * QK8, "Q8_1 row length");
         for (xb, ob) in x.chunks_exact(QK8).zip(out.iter_mut()) {
-            let d = quantize_block(xb, &mut ob.qs);
+            let d = quantize_block_fast(xb, &mut ob.qs);
             let sum: i32 = ob.qs.iter().map(|&q| q as i32).sum();
             ob.d = f16::from_f32(d);
             ob.s = f16::from_f32(d * sum as f32);
@@ -175,5 +232,39 @@ mod tests {
         assert_eq!(b0[2].qs[17], 2);
         assert_eq!(b0[1].qs, [0; 32]);
         assert_eq!(b0[1].d, f16::ZERO);
+    }
+
+    /// The SIMD block quantizer gives the scalar one's bits, specials included.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_block_quantizer_equals_scalar() {
+        if !crate::quant::KernelPath::Avx2.is_supported() {
+            return;
+        }
+        let mut seed = 99u64;
+        let specials = [
+            f32::NAN,
+            f32::INFINITY,
+            -f32::INFINITY,
+            0.0,
+            -0.0,
+            1e-30,
+            0.5,
+            -1.5,
+        ];
+        for round in 0..2000 {
+            let mut x: [f32; QK8] = std::array::from_fn(|_| lcg(&mut seed) * 10.0);
+            match round % 4 {
+                1 => x[round % QK8] = specials[round % specials.len()],
+                2 => x.iter_mut().for_each(|v| *v = (*v * 4.0).round() * 0.5),
+                3 => x = [0.0; QK8],
+                _ => {}
+            }
+            let (mut a, mut b) = ([0i8; QK8], [0i8; QK8]);
+            let da = quantize_block(&x, &mut a);
+            // SAFETY: AVX2 was just detected.
+            let db = unsafe { avx2::quantize_block(&x, &mut b) };
+            assert_eq!((da.to_bits(), a), (db.to_bits(), b), "{x:?}");
+        }
     }
 }
