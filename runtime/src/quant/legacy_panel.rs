@@ -20,27 +20,6 @@ pub(crate) mod x86 {
     use crate::quant::panel::{Q8Panel, GROUPS};
     use crate::quant::PANEL_TOKENS;
 
-    /// The row-loop skeleton both instruction sets share: `$pass::<R>(rows r..r+R)`
-    /// over passes of `$per_pass` rows (independent accumulation chains that share each
-    /// activation load), then single rows.
-    macro_rules! over_rows {
-        ($w:ident, $p:ident, $out:ident, $pass:ident, $per_pass:expr) => {{
-            const ROWS_PER_PASS: usize = $per_pass;
-            let bpr = $p.blocks();
-            assert!(bpr > 0 && $w.len() == $out.len() * bpr, "panel/row shape");
-            let rows = $out.len();
-            let mut r = 0;
-            while r + ROWS_PER_PASS <= rows {
-                $pass::<ROWS_PER_PASS>(&$w[r * bpr..], bpr, $p, &mut $out[r..]);
-                r += ROWS_PER_PASS;
-            }
-            while r < rows {
-                $pass::<1>(&$w[r * bpr..], bpr, $p, &mut $out[r..]);
-                r += 1;
-            }
-        }};
-    }
-
     /// AVX-512 VNNI: one zmm of sixteen i32 lanes per row.
     ///
     /// Each row's block is unpacked once into 32 unsigned bytes on the stack; every
@@ -129,7 +108,7 @@ pub(crate) mod x86 {
                             unsafe { _mm512_storeu_ps(o.as_mut_ptr(), acc) };
                         }
                     }
-                    over_rows!(w, p, out, pass, 4)
+                    crate::quant::panel::over_rows!(w, p, out, pass, 4)
                 }
             };
         }
@@ -301,7 +280,7 @@ pub(crate) mod x86 {
                             }
                         }
                     }
-                    over_rows!(w, p, out, pass, 1)
+                    crate::quant::panel::over_rows!(w, p, out, pass, 1)
                 }
             };
         }

@@ -37,6 +37,60 @@ pub struct Q8Panel {
     pub tokens: usize,
 }
 
+/// Blocks per token of 1..=16 equal-length quantized rows, the tokens of one panel.
+///
+/// Panics otherwise (a caller bug: matmul cuts the panels).
+pub(crate) fn panel_shape<T>(rows: &[&[T]]) -> usize {
+    assert!(
+        (1..=PANEL_TOKENS).contains(&rows.len()),
+        "a panel holds 1..=16 tokens"
+    );
+    let blocks = rows[0].len();
+    assert!(
+        rows.iter().all(|r| r.len() == blocks),
+        "panel rows differ in length"
+    );
+    blocks
+}
+
+/// Checks that `w_blocks` weight blocks are `out.len()` rows of `bpr` blocks (panics
+/// otherwise: a caller bug). Rows of no blocks have zero dot products; returns whether
+/// there is anything to compute.
+pub(crate) fn check_rows(w_blocks: usize, bpr: usize, out: &mut [[f32; PANEL_TOKENS]]) -> bool {
+    let rows = out.len();
+    assert!(
+        w_blocks == rows * bpr,
+        "{w_blocks} weight blocks are not {rows} rows of {bpr} blocks"
+    );
+    if bpr == 0 {
+        out.fill([0.0; PANEL_TOKENS]);
+    }
+    bpr > 0
+}
+
+/// The row loop of every panel kernel: `$pass::<R>(rows, bpr, panel, out)` over passes
+/// of `$per_pass` rows (independent accumulation chains sharing each activation load),
+/// then over the leftover rows one at a time.
+macro_rules! over_rows {
+    ($w:ident, $p:ident, $out:ident, $pass:ident, $per_pass:expr) => {{
+        let bpr = $p.blocks();
+        if $crate::quant::panel::check_rows($w.len(), bpr, $out) {
+            const PER_PASS: usize = $per_pass;
+            let rows = $out.len();
+            let mut r = 0;
+            while r + PER_PASS <= rows {
+                $pass::<PER_PASS>(&$w[r * bpr..], bpr, $p, &mut $out[r..]);
+                r += PER_PASS;
+            }
+            while r < rows {
+                $pass::<1>(&$w[r * bpr..], bpr, $p, &mut $out[r..]);
+                r += 1;
+            }
+        }
+    }};
+}
+pub(crate) use over_rows;
+
 impl Q8Panel {
     /// Blocks per token row.
     pub fn blocks(&self) -> usize {
@@ -46,15 +100,7 @@ impl Q8Panel {
     /// Transposes `rows` (one quantized row per token, equal lengths) into lanes;
     /// `parts(block)` gives a block's `d`, `s` (if any) and quants.
     fn build<B>(rows: &[&[B]], parts: impl Fn(&B) -> (f16, Option<f16>, &[i8; QK8])) -> Self {
-        assert!(
-            (1..=PANEL_TOKENS).contains(&rows.len()),
-            "a panel holds 1..=16 tokens"
-        );
-        let blocks = rows[0].len();
-        assert!(
-            rows.iter().all(|r| r.len() == blocks),
-            "panel rows differ in length"
-        );
+        let blocks = panel_shape(rows);
         let mut p = Q8Panel {
             qs: vec![Lanes::default(); blocks * GROUPS],
             d: vec![Lanes::default(); blocks],

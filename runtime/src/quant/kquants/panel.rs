@@ -61,15 +61,7 @@ impl Q8KPanel {
     /// [`Self::build`], transposing the quants with AVX2 when `simd` is set (which the
     /// caller has checked this CPU supports).
     fn build_with(rows: &[&[BlockQ8K]], simd: bool) -> Self {
-        assert!(
-            (1..=PANEL_TOKENS).contains(&rows.len()),
-            "a panel holds 1..=16 tokens"
-        );
-        let blocks = rows[0].len();
-        assert!(
-            rows.iter().all(|r| r.len() == blocks),
-            "panel rows differ in length"
-        );
+        let blocks = crate::quant::panel::panel_shape(rows);
         let mut p = Q8KPanel {
             qs: vec![Lanes::default(); blocks * GROUPS_K],
             d: vec![Lanes::default(); blocks],
@@ -222,16 +214,7 @@ pub(crate) fn has_kernel(path: KernelPath) -> bool {
 /// kernel has work to do.
 #[inline]
 pub(crate) fn check_shape(w_blocks: usize, p: &Q8KPanel, out: &mut [[f32; PANEL_TOKENS]]) -> bool {
-    let bpr = p.blocks();
-    let rows = out.len();
-    assert!(
-        w_blocks == rows * bpr,
-        "{w_blocks} weight blocks are not {rows} rows of {bpr} super-blocks"
-    );
-    if bpr == 0 {
-        out.fill([0.0; PANEL_TOKENS]);
-    }
-    bpr > 0
+    crate::quant::panel::check_rows(w_blocks, p.blocks(), out)
 }
 
 /// Portable panel product: each token's row rebuilt and dotted with the scalar

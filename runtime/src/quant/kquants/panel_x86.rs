@@ -67,26 +67,6 @@ fn pair(lo: i16, hi: i16) -> i32 {
     (lo as u16 as u32 | (hi as u16 as u32) << 16) as i32
 }
 
-/// Passes of the module's `ROWS_PER_PASS` rows, then the leftover rows one by one.
-macro_rules! over_rows {
-    ($w:ident, $p:ident, $out:ident, $pass:ident) => {{
-        if !crate::quant::kquants::panel::check_shape($w.len(), $p, $out) {
-            return;
-        }
-        let bpr = $p.blocks();
-        let rows = $out.len();
-        let mut r = 0;
-        while r + ROWS_PER_PASS <= rows {
-            $pass::<ROWS_PER_PASS>(&$w[r * bpr..], bpr, $p, &mut $out[r..]);
-            r += ROWS_PER_PASS;
-        }
-        while r < rows {
-            $pass::<1>(&$w[r * bpr..], bpr, $p, &mut $out[r..]);
-            r += 1;
-        }
-    }};
-}
-
 /// Q3_K quants as unsigned `q + 4` (0..8) in element order: per 32-element run
 /// (`c`, `s`), two bits of `qs[32c..]` at bit `2s` plus the `hmask` bit `4c + s` as 4
 /// (set means `q` is the low bits, clear means 4 less). 16-bit shifts: the masks keep
@@ -342,7 +322,7 @@ pub(crate) mod vnni {
                         unsafe { _mm512_storeu_ps(o.as_mut_ptr(), acc) };
                     }
                 }
-                over_rows!(w, p, out, pass)
+                crate::quant::panel::over_rows!(w, p, out, pass, ROWS_PER_PASS)
             }
         };
     }
@@ -436,7 +416,7 @@ pub(crate) mod vnni {
                         unsafe { _mm512_storeu_ps(o.as_mut_ptr(), acc) };
                     }
                 }
-                over_rows!(w, p, out, pass)
+                crate::quant::panel::over_rows!(w, p, out, pass, ROWS_PER_PASS)
             }
         };
     }
@@ -644,7 +624,7 @@ pub(crate) mod avx2 {
                     }
                     store(&acc, out);
                 }
-                over_rows!(w, p, out, pass)
+                crate::quant::panel::over_rows!(w, p, out, pass, ROWS_PER_PASS)
             }
         };
     }
@@ -757,7 +737,7 @@ pub(crate) mod avx2 {
                     }
                     store(&acc, out);
                 }
-                over_rows!(w, p, out, pass)
+                crate::quant::panel::over_rows!(w, p, out, pass, ROWS_PER_PASS)
             }
         };
     }
