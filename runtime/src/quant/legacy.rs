@@ -324,7 +324,7 @@ impl WeightBlock for BlockQ8_0 {
 /// unsigned×signed byte dot. Activation bytes must lie in -127..=127 (the quantizer
 /// guarantees it), which keeps the sign trick and `maddubs` free of overflow.
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
     /// f16 → f32 with the F16C instruction (exact).

@@ -28,6 +28,7 @@ pub(crate) mod x86 {
     /// register costs a shuffle-port uop each and was about 1.5× slower).
     pub mod vnni {
         use super::*;
+        use crate::quant::legacy::x86::unpack_nibbles;
 
         /// Unpacked quants of one block of each row in a pass.
         #[repr(C, align(32))]
@@ -113,18 +114,6 @@ pub(crate) mod x86 {
             };
         }
 
-        /// 16 packed bytes → 32 unsigned nibbles in element order (low nibbles, then
-        /// high nibbles).
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-        #[inline]
-        fn nibbles(qs: &[u8; 16]) -> __m256i {
-            // SAFETY: `qs` is 16 readable bytes.
-            let both = _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(qs.as_ptr().cast()) });
-            // The upper lane shifted by 4: masking leaves low nibbles below, high above.
-            let shifted = _mm256_srlv_epi64(both, _mm256_setr_epi64x(0, 0, 4, 4));
-            _mm256_and_si256(shifted, _mm256_set1_epi8(0x0F))
-        }
-
         /// Adds the fifth bits (`qh` bit j for element j) as 16.
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
         #[inline]
@@ -141,17 +130,23 @@ pub(crate) mod x86 {
             _mm256_xor_si256(q, _mm256_set1_epi8(0x80u8 as i8))
         }
 
-        kernel!(q4_0, BlockQ4_0, Some(3), |x| nibbles(&x.qs));
-        kernel!(q4_1, BlockQ4_1, None, |x| nibbles(&x.qs), min | x | x.m);
+        kernel!(q4_0, BlockQ4_0, Some(3), |x| unpack_nibbles(&x.qs));
+        kernel!(
+            q4_1,
+            BlockQ4_1,
+            None,
+            |x| unpack_nibbles(&x.qs),
+            min | x | x.m
+        );
         kernel!(q5_0, BlockQ5_0, Some(4), |x| fifth_bits(
             &x.qh,
-            nibbles(&x.qs)
+            unpack_nibbles(&x.qs)
         ));
         kernel!(
             q5_1,
             BlockQ5_1,
             None,
-            |x| fifth_bits(&x.qh, nibbles(&x.qs)),
+            |x| fifth_bits(&x.qh, unpack_nibbles(&x.qs)),
             min | x | x.m
         );
         kernel!(q8_0, BlockQ8_0, Some(7), |x| flipped(&x.qs));

@@ -499,32 +499,13 @@ pub(crate) mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     fn unpack_q6k(x: &BlockQ6K, q: &mut Quants) {
-        let m4 = _mm256_set1_epi8(0x0F);
-        let m2 = _mm256_set1_epi8(0x30);
         for n in 0..2 {
             // SAFETY: `ql` has 128 bytes, `qh` 64, `q` 256 (64-aligned).
             unsafe {
                 let ql0 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * n).cast());
                 let ql1 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * n + 32).cast());
                 let qh = _mm256_loadu_si256(x.qh.as_ptr().add(32 * n).cast());
-                let v = [
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql0, m4),
-                        _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m2),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql1, m4),
-                        _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m2),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
-                        _mm256_and_si256(qh, m2),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
-                        _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m2),
-                    ),
-                ];
+                let v = super::super::x86::q6k_quants(ql0, ql1, qh);
                 for (k, v) in v.into_iter().enumerate() {
                     _mm256_store_si256(q.0.as_mut_ptr().add(128 * n + 32 * k).cast(), v);
                 }

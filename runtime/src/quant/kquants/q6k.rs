@@ -76,7 +76,7 @@ impl WeightBlock for BlockQ6K {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::super::x86::{ctrl_pair, f16_to_f32, hsum_ps, load128, load256};
+    use super::super::x86::{ctrl_pair, f16_to_f32, hsum_ps, load128, load256, q6k_quants};
     use super::{BlockQ6K, BlockQ8K};
 
     /// Quants stay unsigned (0..64) so `maddubs` takes them directly (pairs at most
@@ -84,8 +84,6 @@ mod avx2 {
     /// `32·Σ scale·bsum`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn vec_dot(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
-        let m4 = _mm256_set1_epi8(0x0F);
-        let m2 = _mm256_set1_epi8(0x30);
         let mut acc = _mm256_setzero_ps();
         for (x, y) in w.iter().zip(a) {
             crate::quant::prefetch_ahead(x);
@@ -104,26 +102,7 @@ mod avx2 {
                 let ql0 = load256(x.ql.as_ptr().add(64 * n));
                 let ql1 = load256(x.ql.as_ptr().add(64 * n + 32));
                 let qh = load256(x.qh.as_ptr().add(32 * n));
-                // Top bits moved to bits 4..5 of each byte (16-bit shifts: the mask drops
-                // whatever crossed from the neighbouring byte).
-                let q = [
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql0, m4),
-                        _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m2),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql1, m4),
-                        _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m2),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
-                        _mm256_and_si256(qh, m2),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
-                        _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m2),
-                    ),
-                ];
+                let q = q6k_quants(ql0, ql1, qh);
                 for (k, &qk) in q.iter().enumerate() {
                     let av = load256(y.qs.as_ptr().add(128 * n + 32 * k));
                     let p = _mm256_maddubs_epi16(qk, av);

@@ -66,3 +66,32 @@ pub(super) fn min_products(m8: __m128i, bsums: &[i16; 16]) -> __m256i {
     let bs = unsafe { load256(bsums.as_ptr()) };
     _mm256_madd_epi16(bs, m_dup)
 }
+
+/// Q6_K's 6-bit quants of one 128-element half (`ql` bytes `64n..64n + 64` as `ql0`,
+/// `ql1`; `qh` bytes `32n..32n + 32`), unsigned 0..64, as four 32-element runs in
+/// element order. The top bits are moved to bits 4..5 of each byte with 16-bit shifts:
+/// the mask drops whatever crossed from the neighbouring byte.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q6k_quants(ql0: __m256i, ql1: __m256i, qh: __m256i) -> [__m256i; 4] {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m2 = _mm256_set1_epi8(0x30);
+    [
+        _mm256_or_si256(
+            _mm256_and_si256(ql0, m4),
+            _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m2),
+        ),
+        _mm256_or_si256(
+            _mm256_and_si256(ql1, m4),
+            _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m2),
+        ),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+            _mm256_and_si256(qh, m2),
+        ),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+            _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m2),
+        ),
+    ]
+}
