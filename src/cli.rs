@@ -289,8 +289,8 @@ pub struct BenchArgs {
     /// Repetitions (medians are reported)
     #[arg(short = 'r', long, default_value_t = 3)]
     pub repetitions: usize,
-    /// Then profile one more tg pass of -n tokens: per-op milliseconds, share and calls
-    /// per token (embedding, norms, Q/K/V, QK-norm + RoPE, KV store, attention, output
+    /// Then profile one more pp pass of -p tokens and one more tg pass of -n tokens:
+    /// per-op milliseconds, share and calls per token (embedding, norms, Q/K/V, QK-norm + RoPE, KV store, attention, output
     /// projection, gate/up, GLU, down projection, residual adds, final norm + LM head),
     /// the token's wall time and the untimed remainder ("other")
     #[arg(long)]

@@ -1,5 +1,6 @@
 //! `smq bench --profile` through the real binary on SmolLM2: the JSON carries the per-op
-//! profile of a decoded token, and the text output prints its table.
+//! profiles of a prompt token and of a decoded token, and the text output prints their
+//! tables.
 
 mod common;
 
@@ -21,8 +22,41 @@ fn bench_profile_reports_per_op_shares() {
             .chain(["--profile", "--json"]))
         .json();
     assert!(out["tg_tok_s"].as_f64().unwrap() > 0.0);
-    let p = &out["profile"];
-    assert_eq!(p["tokens"], 2);
+    check_profile(&out["profile"], "tg2", 2);
+    check_profile(&out["profile_pp"], "pp4", 4);
+
+    // Without --json: the tables, each ending with the remainder and the total.
+    let text = sb
+        .ok(["bench", model]
+            .into_iter()
+            .chain(tiny)
+            .chain(["--profile"]))
+        .stdout;
+    for pass in ["profile of pp4", "profile of tg2"] {
+        assert!(text.contains(pass), "{text}");
+    }
+    for row in ["qkv_matmul", "attention", "other", "total"] {
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.trim_start().starts_with(row))
+                .count(),
+            2,
+            "not two {row} rows in:\n{text}"
+        );
+    }
+
+    // Without --profile there is no profile.
+    let plain = sb
+        .ok(["bench", model].into_iter().chain(tiny).chain(["--json"]))
+        .json();
+    assert!(plain["profile"].is_null());
+    assert!(plain["profile_pp"].is_null());
+}
+
+/// One pass's profile: every op timed, and the ops plus the remainder make the token.
+fn check_profile(p: &serde_json::Value, pass: &str, tokens: u64) {
+    assert_eq!(p["pass"], pass);
+    assert_eq!(p["tokens"], tokens);
     let wall = p["wall_ms_per_token"].as_f64().unwrap();
     assert!(wall > 0.0);
     let ops = p["ops"].as_array().expect("profile.ops is an array");
@@ -49,25 +83,4 @@ fn bench_profile_reports_per_op_shares() {
         "shares sum to {share_sum}"
     );
     assert!((ms_sum - wall).abs() < 1e-6 * wall.max(1.0));
-
-    // Without --json: the table, ending with the remainder and the total.
-    let text = sb
-        .ok(["bench", model]
-            .into_iter()
-            .chain(tiny)
-            .chain(["--profile"]))
-        .stdout;
-    assert!(text.contains("profile of tg2"), "{text}");
-    for row in ["qkv_matmul", "attention", "other", "total"] {
-        assert!(
-            text.lines().any(|l| l.trim_start().starts_with(row)),
-            "no {row} row in:\n{text}"
-        );
-    }
-
-    // Without --profile there is no profile.
-    let plain = sb
-        .ok(["bench", model].into_iter().chain(tiny).chain(["--json"]))
-        .json();
-    assert!(plain["profile"].is_null());
 }

@@ -1,6 +1,6 @@
 //! `smq bench`: prompt processing (pp) and generation (tg) speed, like llama-bench, plus
 //! time to first token, per-token latency percentiles and peak memory; with `--profile`,
-//! where a decoded token's time goes, op by op.
+//! where the time of a prompt token and of a decoded token goes, op by op.
 
 use std::time::{Duration, Instant};
 
@@ -61,7 +61,10 @@ pub fn run(args: &BenchArgs, process_start: Instant) -> CliResult {
         tg.push(args.n_gen as f64 / t.elapsed().as_secs_f64());
     }
     let profiled = if args.profile {
-        Some(profile_tg(&mut session, args.n_gen, prompt(1)[0])?)
+        Some((
+            profile_pp(&mut session, &prompt(args.n_prompt))?,
+            profile_tg(&mut session, args.n_gen, prompt(1)[0])?,
+        ))
     } else {
         None
     };
@@ -94,8 +97,9 @@ pub fn run(args: &BenchArgs, process_start: Instant) -> CliResult {
             "tg_p99_ms": p99,
             "peak_rss_mb": peak_rss_mb,
         });
-        if let Some(p) = &profiled {
-            out["profile"] = p.to_json();
+        if let Some((pp, tg)) = &profiled {
+            out["profile"] = tg.to_json();
+            out["profile_pp"] = pp.to_json();
         }
         print_json(&out);
     } else {
@@ -107,19 +111,40 @@ pub fn run(args: &BenchArgs, process_start: Instant) -> CliResult {
         println!(
             "load {load_ms:.0} ms | time to first token {ttft_ms:.0} ms | tg latency p50 {p50:.2} / p95 {p95:.2} / p99 {p99:.2} ms | peak RSS {peak_rss_mb:.0} MB"
         );
-        if let Some(p) = &profiled {
-            p.print();
+        if let Some((pp, tg)) = &profiled {
+            pp.print();
+            tg.print();
         }
     }
     Ok(())
 }
 
-/// Where the time of the decoded tokens of one profiled tg pass went.
+/// Where the time of the tokens of one profiled pp or tg pass went.
 struct TokenProfile {
+    /// "pp512" or "tg64": the pass, as in the speed line.
+    pass: String,
     tokens: usize,
     /// Summed wall time of the decode steps (sampling excluded).
     wall: Duration,
     ops: Vec<OpTime>,
+}
+
+/// Processes one prompt from an empty context with the profiler on.
+fn profile_pp(session: &mut Session, ids: &[u32]) -> Result<TokenProfile, ModelError> {
+    session.reset();
+    profile::reset();
+    profile::enable(true);
+    let t = Instant::now();
+    let evaluated = session.eval(ids).map(|_| ());
+    let wall = t.elapsed();
+    profile::enable(false);
+    evaluated?;
+    Ok(TokenProfile {
+        pass: format!("pp{}", ids.len()),
+        tokens: ids.len(),
+        wall,
+        ops: profile::snapshot(),
+    })
 }
 
 /// Decodes `n` tokens from an empty context with the profiler on.
@@ -143,6 +168,7 @@ fn profile_tg(session: &mut Session, n: usize, first: u32) -> Result<TokenProfil
     profile::enable(false);
     decoded?;
     Ok(TokenProfile {
+        pass: format!("tg{n}"),
         tokens: n,
         wall,
         ops: profile::snapshot(),
@@ -179,9 +205,14 @@ impl TokenProfile {
     }
 
     fn print(&self) {
+        let per = if self.pass.starts_with("pp") {
+            "per prompt token"
+        } else {
+            "per decoded token, sampling excluded"
+        };
         println!(
-            "profile of tg{} (per decoded token, sampling excluded): wall {:.3} ms",
-            self.tokens,
+            "profile of {} ({per}): wall {:.3} ms",
+            self.pass,
             self.wall_ms()
         );
         println!(
@@ -224,6 +255,7 @@ impl TokenProfile {
             .collect();
         let other = self.other_ms();
         json!({
+            "pass": self.pass,
             "tokens": self.tokens,
             "wall_ms_per_token": self.wall_ms(),
             "other_ms_per_token": other,
