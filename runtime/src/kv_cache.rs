@@ -1,17 +1,28 @@
 //! The key/value cache of one session: per layer, the keys and values of every past
 //! position, stored as fp16 like llama.cpp's default cache (half the memory of f32, and
 //! the same rounding as the reference implementation).
+//!
+//! Values are row-major by position (attention sums whole value rows). Keys are stored
+//! in tiles of [`KEY_TILE`] positions per KV head, dimension-major inside a tile
+//! (`tile[d * KEY_TILE + lane]`), so the score kernels load one dimension of 16 keys
+//! as one vector and score 16 positions per instruction.
 
 use half::f16;
 
 use crate::model::{Hparams, ModelError};
 
-/// Keys and values of positions `0..len()` for every layer, row-major by position.
+/// Positions per key tile.
+pub const KEY_TILE: usize = 16;
+
+/// Keys and values of positions `0..len()` for every layer.
 pub struct KvCache {
     n_ctx: usize,
     len: usize,
-    kv_dim: usize,
+    n_head_kv: usize,
+    head_dim: usize,
     kv_dim_v: usize,
+    /// Key tiles per KV head (`n_ctx` rounded up to whole tiles).
+    n_tiles: usize,
     keys: Vec<Vec<f16>>,
     values: Vec<Vec<f16>>,
 }
@@ -26,7 +37,8 @@ impl KvCache {
                 hp.n_ctx_train
             )));
         }
-        let k_len = n_ctx.checked_mul(hp.kv_dim());
+        let n_tiles = n_ctx.div_ceil(KEY_TILE);
+        let k_len = (n_tiles * KEY_TILE).checked_mul(hp.kv_dim());
         let v_len = n_ctx.checked_mul(hp.kv_dim_v());
         let (Some(k_len), Some(v_len)) = (k_len, v_len) else {
             return Err(ModelError::InvalidRequest(format!(
@@ -36,8 +48,10 @@ impl KvCache {
         Ok(KvCache {
             n_ctx,
             len: 0,
-            kv_dim: hp.kv_dim(),
+            n_head_kv: hp.n_head_kv,
+            head_dim: hp.head_dim,
             kv_dim_v: hp.kv_dim_v(),
+            n_tiles,
             keys: (0..hp.n_layer).map(|_| vec![f16::ZERO; k_len]).collect(),
             values: (0..hp.n_layer).map(|_| vec![f16::ZERO; v_len]).collect(),
         })
@@ -82,9 +96,18 @@ impl KvCache {
     /// Writes the keys and values of `k.len() / kv_dim` consecutive tokens starting at
     /// position `len()` into `layer`. Call [`KvCache::advance`] once all layers are done.
     pub fn store(&mut self, layer: usize, k: &[f32], v: &[f32]) {
-        let start = self.len * self.kv_dim;
-        for (d, &s) in self.keys[layer][start..start + k.len()].iter_mut().zip(k) {
-            *d = f16::from_f32(s);
+        let hd = self.head_dim;
+        let kv_dim = self.n_head_kv * hd;
+        let keys = &mut self.keys[layer];
+        for (t, row) in k.chunks_exact(kv_dim).enumerate() {
+            let pos = self.len + t;
+            for (h, head) in row.chunks_exact(hd).enumerate() {
+                let tile = (h * self.n_tiles + pos / KEY_TILE) * hd * KEY_TILE;
+                let lane = pos % KEY_TILE;
+                for (d, &x) in head.iter().enumerate() {
+                    keys[tile + d * KEY_TILE + lane] = f16::from_f32(x);
+                }
+            }
         }
         let start = self.len * self.kv_dim_v;
         for (d, &s) in self.values[layer][start..start + v.len()].iter_mut().zip(v) {
@@ -97,11 +120,17 @@ impl KvCache {
         self.len = (self.len + n).min(self.n_ctx);
     }
 
-    /// Keys of `layer`, `kv_dim` values per position (including positions being written).
-    pub fn keys(&self, layer: usize) -> &[f16] {
-        &self.keys[layer]
+    /// Key tile `tile` (positions `tile * KEY_TILE..`) of KV head `kv_head` in `layer`:
+    /// `head_dim * KEY_TILE` values, `[d * KEY_TILE + lane]` is dimension `d` of position
+    /// `tile * KEY_TILE + lane` (including positions being written; positions never
+    /// written hold zeros or an earlier sequence's keys).
+    pub fn key_tile(&self, layer: usize, kv_head: usize, tile: usize) -> &[f16] {
+        let len = self.head_dim * KEY_TILE;
+        let start = (kv_head * self.n_tiles + tile) * len;
+        &self.keys[layer][start..start + len]
     }
 
+    /// Values of `layer`, `kv_dim_v` per position, row-major by position.
     pub fn values(&self, layer: usize) -> &[f16] {
         &self.values[layer]
     }

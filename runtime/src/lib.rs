@@ -2,6 +2,7 @@
 //! architectures, tokenizers, sampling and generation.
 
 pub mod arch;
+mod attention;
 pub mod chat;
 pub mod generate;
 pub mod kv_cache;

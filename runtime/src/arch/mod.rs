@@ -7,7 +7,6 @@ pub mod qwen2;
 pub mod qwen3;
 pub mod smollm3;
 
-use crate::team::{Chunks, Team};
 use smq_format::ModelConfig;
 
 use crate::kv_cache::KvCache;
@@ -233,74 +232,7 @@ pub(crate) fn rope_qk(
     }
 }
 
-/// Causal attention of the queries of `n_tokens` tokens (positions `pos0..`) over the
-/// cached keys and values of `layer`, which already include these tokens. With a
-/// `window`, a query at position `p` sees positions `p - window + 1 ..= p` only.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn attention(
-    hp: &Hparams,
-    kv: &KvCache,
-    layer: usize,
-    pos0: usize,
-    q: &[f32],
-    att: &mut [f32],
-    window: Option<usize>,
-    scale: f32,
-) {
-    let (hd, hdv) = (hp.head_dim, hp.head_dim_v);
-    let group = hp.n_head / hp.n_head_kv;
-    let keys = kv.keys(layer);
-    let values = kv.values(layer);
-    let heads = att.len() / hdv;
-    let out = HeadOut(att.as_mut_ptr(), att.len());
-    let next = Chunks::new(heads, 1);
-    Team::global().run(&|_| {
-        let mut scratch = ops::AttentionScratch::default();
-        while let Some(range) = next.claim() {
-            for i in range {
-                let (t, h) = (i / hp.n_head, i % hp.n_head);
-                let pos = pos0 + t;
-                let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                let kvh = h / group;
-                let qh = &q[i * hd..(i + 1) * hd];
-                let k_rows = ops::HeadRows {
-                    data: keys,
-                    stride: hp.kv_dim(),
-                    offset: kvh * hd,
-                };
-                let v_rows = ops::HeadRows {
-                    data: values,
-                    stride: hp.kv_dim_v(),
-                    offset: kvh * hdv,
-                };
-                // SAFETY: head `i` is claimed by exactly one thread.
-                let out = unsafe { out.head(i, hdv) };
-                ops::attention_head(out, qh, k_rows, v_rows, first..pos + 1, scale, &mut scratch);
-            }
-        }
-    });
-}
-
-/// The attention output (pointer, length), written one head per claim from several
-/// threads.
-#[derive(Clone, Copy)]
-struct HeadOut(*mut f32, usize);
-// SAFETY: used only for disjoint per-head slices while `attention` holds the borrow.
-unsafe impl Send for HeadOut {}
-unsafe impl Sync for HeadOut {}
-
-impl HeadOut {
-    /// Head `i`'s `len` outputs.
-    ///
-    /// # Safety
-    /// No other thread may use head `i` at the same time.
-    unsafe fn head<'a>(self, i: usize, len: usize) -> &'a mut [f32] {
-        assert!((i + 1) * len <= self.1, "head {i} out of range");
-        // SAFETY: in bounds (checked); exclusive per the contract; `attention` holds the
-        // `&mut` borrow of the whole buffer until its region ends.
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(i * len), len) }
-    }
-}
+pub(crate) use crate::attention::attention;
 
 /// Final norm and LM head for the positions `outputs` asks for.
 fn lm_head(
