@@ -10,6 +10,7 @@ use half::{bf16, f16};
 use smq_format::GgmlType;
 use smq_runtime::quant::act::{BlockQ8_0, BlockQ8_1};
 use smq_runtime::quant::float;
+use smq_runtime::quant::unpacked::UnpackedRows;
 use smq_runtime::quant::legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1};
 use smq_runtime::quant::matmul::{
     cast_blocks, dequantize_row, matmul, matmul_with, KernelError, WeightMatrix,
@@ -768,6 +769,23 @@ where
                 let panel = B::Act::build_panel(&refs);
                 let mut out = vec![[f32::NAN; PANEL_TOKENS]; rows];
                 B::panel_dot(path, &w, &panel, &mut out);
+                // The shared kernel over unpacked rows, where the path has it for the
+                // type, gives the same bits (same integers, same float epilogue).
+                let mut unpacked = UnpackedRows::default();
+                if B::unpack_rows(path, &w, bpr, &mut unpacked) {
+                    let mut again = vec![[f32::NAN; PANEL_TOKENS]; rows];
+                    B::unpacked_panel_dot(path, &unpacked, &panel, &mut again);
+                    for (row, (a, b)) in out.iter().zip(&again).enumerate() {
+                        for t in 0..tokens {
+                            assert_eq!(
+                                a[t].to_bits(),
+                                b[t].to_bits(),
+                                "{} {path:?} unpacked, row {row} token {t}",
+                                B::TYPE
+                            );
+                        }
+                    }
+                }
                 let wd = dequant(&w);
                 for (row, lanes) in out.iter().enumerate() {
                     let wr = &w[row * bpr..(row + 1) * bpr];

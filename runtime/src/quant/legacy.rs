@@ -17,6 +17,7 @@ use smq_format::GgmlType;
 pub use super::act::BlockQ8_0;
 use super::act::{BlockQ8_1, QK8};
 use super::panel::Q8Panel;
+use super::unpacked::{self, UnpackedRows};
 use super::{legacy_panel, KernelPath, WeightBlock, PANEL_TOKENS};
 
 /// ggml's `block_q4_0` (18 bytes).
@@ -128,9 +129,45 @@ macro_rules! dispatch_x4 {
     }};
 }
 
-/// A type's panel kernel (prompt processing) on the paths that have one.
+/// A type's panel kernels (prompt processing) on the paths that have them: its own,
+/// and the shared one over rows unpacked by `$unpack`.
 macro_rules! panel_kernel {
-    ($kernel:ident) => {
+    ($kernel:ident, $unpack:ident) => {
+        fn unpack_rows(path: KernelPath, w: &[Self], bpr: usize, out: &mut UnpackedRows) -> bool {
+            match path {
+                // SAFETY: the caller checked that this CPU supports `path`.
+                #[cfg(target_arch = "x86_64")]
+                KernelPath::Avx512Vnni => unsafe { unpacked::x86::$unpack(w, bpr, out) },
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                KernelPath::Avx2 if <Self as unpacked::Unpackable>::MAX_QUANT <= 31 => unsafe {
+                    unpacked::x86::$unpack(w, bpr, out)
+                },
+                _ => return false,
+            }
+            true
+        }
+
+        fn unpacked_panel_dot(
+            path: KernelPath,
+            rows: &UnpackedRows,
+            panel: &Q8Panel,
+            out: &mut [[f32; PANEL_TOKENS]],
+        ) {
+            debug_assert!(path.is_supported());
+            match path {
+                // SAFETY: the caller checked that this CPU supports `path`.
+                #[cfg(target_arch = "x86_64")]
+                KernelPath::Avx512Vnni => unsafe {
+                    unpacked::x86::panel_dot_vnni(rows, panel, out)
+                },
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                KernelPath::Avx2 => unsafe { unpacked::x86::panel_dot_avx2(rows, panel, out) },
+                _ => unreachable!("no unpacked {} panel kernel on {}", Self::TYPE, path.name()),
+            }
+        }
+
         fn has_panel_kernel(path: KernelPath) -> bool {
             cfg!(target_arch = "x86_64") && path != KernelPath::Scalar
         }
@@ -177,7 +214,7 @@ impl WeightBlock for BlockQ4_0 {
             .sum()
     }
 
-    panel_kernel!(q4_0);
+    panel_kernel!(q4_0, unpack_q4_0);
 
     fn vec_dot(path: KernelPath, w: &[Self], a: &[BlockQ8_0]) -> f32 {
         dispatch!(path, q4_0, w, a)
@@ -207,7 +244,7 @@ impl WeightBlock for BlockQ4_1 {
             .sum()
     }
 
-    panel_kernel!(q4_1);
+    panel_kernel!(q4_1, unpack_q4_1);
 
     fn vec_dot(path: KernelPath, w: &[Self], a: &[BlockQ8_1]) -> f32 {
         dispatch!(path, q4_1, w, a)
@@ -240,7 +277,7 @@ impl WeightBlock for BlockQ5_0 {
             .sum()
     }
 
-    panel_kernel!(q5_0);
+    panel_kernel!(q5_0, unpack_q5_0);
 
     fn vec_dot(path: KernelPath, w: &[Self], a: &[BlockQ8_0]) -> f32 {
         dispatch!(path, q5_0, w, a)
@@ -274,7 +311,7 @@ impl WeightBlock for BlockQ5_1 {
             .sum()
     }
 
-    panel_kernel!(q5_1);
+    panel_kernel!(q5_1, unpack_q5_1);
 
     fn vec_dot(path: KernelPath, w: &[Self], a: &[BlockQ8_1]) -> f32 {
         dispatch!(path, q5_1, w, a)
@@ -308,7 +345,7 @@ impl WeightBlock for BlockQ8_0 {
             .sum()
     }
 
-    panel_kernel!(q8_0);
+    panel_kernel!(q8_0, unpack_q8_0);
 
     fn vec_dot(path: KernelPath, w: &[Self], a: &[BlockQ8_0]) -> f32 {
         dispatch!(path, q8_0, w, a)

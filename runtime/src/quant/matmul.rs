@@ -18,6 +18,7 @@ use super::act::BlockQ8_0;
 use super::float;
 use super::kquants::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K};
 use super::legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1};
+use super::unpacked::UnpackedRows;
 use super::{ActBlock, KernelPath, WeightBlock, PANEL_TOKENS};
 use crate::team::{Chunks, Team};
 
@@ -399,11 +400,19 @@ fn quantized<'a, B: WeightBlock>(
                 // Within a chunk the panel loop is innermost, so the chunk's weights
                 // stay in cache for every panel.
                 let mut lanes = [[0.0f32; PANEL_TOKENS]; PANEL_ROWS];
+                let mut unpacked = UnpackedRows::default();
                 for r0 in range.step_by(PANEL_ROWS) {
                     let n = PANEL_ROWS.min(rows - r0);
                     let w = &blocks[r0 * bpr..(r0 + n) * bpr];
+                    // Unpacking once pays from the second panel on.
+                    let is_unpacked =
+                        act.panels.len() > 1 && B::unpack_rows(path, w, bpr, &mut unpacked);
                     for (pi, panel) in act.panels.iter().enumerate() {
-                        B::panel_dot(path, w, panel, &mut lanes[..n]);
+                        if is_unpacked {
+                            B::unpacked_panel_dot(path, &unpacked, panel, &mut lanes[..n]);
+                        } else {
+                            B::panel_dot(path, w, panel, &mut lanes[..n]);
+                        }
                         let t0 = pi * PANEL_TOKENS;
                         // Token-major, so each token's outputs are one contiguous run.
                         for t in 0..PANEL_TOKENS.min(n_tokens - t0) {

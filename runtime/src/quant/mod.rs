@@ -67,6 +67,27 @@ pub trait WeightBlock: Copy + Send + Sync + 'static {
     ) {
         unreachable!("{} has no panel kernel", Self::TYPE)
     }
+    /// Unpacks whole rows of `w` (`bpr` blocks each) into `out` for
+    /// [`Self::unpacked_panel_dot`], which then runs any number of panels without
+    /// unpacking again. Returns false, leaving `out` as it was, when this type has no
+    /// such kernel on `path`.
+    fn unpack_rows(
+        _path: KernelPath,
+        _w: &[Self],
+        _bpr: usize,
+        _out: &mut unpacked::UnpackedRows,
+    ) -> bool {
+        false
+    }
+    /// [`Self::panel_dot`] over rows that [`Self::unpack_rows`] unpacked on `path`.
+    fn unpacked_panel_dot(
+        _path: KernelPath,
+        _rows: &unpacked::UnpackedRows,
+        _panel: &<Self::Act as ActBlock>::Panel,
+        _out: &mut [[f32; PANEL_TOKENS]],
+    ) {
+        unreachable!("{} has no unpacked panel kernel", Self::TYPE)
+    }
 }
 
 /// How far ahead of the block being read the decode kernels prefetch weights, which
@@ -99,5 +120,6 @@ pub mod legacy;
 mod legacy_panel;
 pub mod matmul;
 pub mod panel;
+pub mod unpacked;
 
 pub use cpu::KernelPath;

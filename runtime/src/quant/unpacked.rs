@@ -1,0 +1,336 @@
+//! Weight rows of the legacy 32-element types unpacked once for a whole prompt.
+//!
+//! The panel kernels unpack a weight block (nibbles, fifth bits, Q8_0's sign flip) each
+//! time they meet it, once per 16-token panel: a prompt of 512 tokens unpacks every
+//! block 32 times. A matmul over a prompt instead unpacks a group of rows once into
+//! [`UnpackedRows`] (32 unsigned bytes and f32 scales per block, block-major so a pass
+//! of rows reads one short run per block) and runs every panel over it with one kernel
+//! for all five types: the types differ only in the offset taken out (`offset · Σa`,
+//! from the panel's per-token sums) or the min added (`m · s`).
+//!
+//! The integers are those of the panel kernels and the single-token kernels; the float
+//! epilogue per block is the panel kernels' (`acc += f32(isum) · (d_a · d_w)`, then
+//! `acc += m · s`).
+
+use super::legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0};
+
+/// One block's 32 unsigned quants, aligned for one vector load.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C, align(32))]
+pub struct Quants32(pub [u8; 32]);
+
+/// How a type's unsigned quants map back to its values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offset {
+    /// Value `(q - 2^k) · d`: Q4_0 (k = 3), Q5_0 (4), Q8_0 stored as `q + 128` (7).
+    Shift(u32),
+    /// Value `q · d + m` (Q4_1, Q5_1).
+    Min,
+}
+
+/// `rows` weight rows of `blocks` blocks each, unpacked.
+#[derive(Clone, Debug)]
+pub struct UnpackedRows {
+    pub rows: usize,
+    pub blocks: usize,
+    /// `q[b * rows + r]`: block `b` of row `r`.
+    pub q: Vec<Quants32>,
+    /// `d[b * rows + r]`: the block's scale.
+    pub d: Vec<f32>,
+    /// `m[b * rows + r]`: the block's min (types with [`Offset::Min`]; empty otherwise).
+    pub m: Vec<f32>,
+    pub offset: Offset,
+    /// Largest quant the type has (15, 31 or 255): bounds the AVX2 kernel's i16 sums.
+    pub max_quant: u8,
+}
+
+impl Default for UnpackedRows {
+    fn default() -> Self {
+        UnpackedRows {
+            rows: 0,
+            blocks: 0,
+            q: Vec::new(),
+            d: Vec::new(),
+            m: Vec::new(),
+            offset: Offset::Min,
+            max_quant: 0,
+        }
+    }
+}
+
+impl UnpackedRows {
+    /// Resizes for `rows` rows of `blocks` blocks (contents unspecified until filled).
+    fn reset(&mut self, rows: usize, blocks: usize, offset: Offset, max_quant: u8) {
+        let n = rows * blocks;
+        self.rows = rows;
+        self.blocks = blocks;
+        self.q.resize(n, Quants32::default());
+        self.d.resize(n, 0.0);
+        self.m
+            .resize(if offset == Offset::Min { n } else { 0 }, 0.0);
+        self.offset = offset;
+        self.max_quant = max_quant;
+    }
+}
+
+/// A legacy weight type that [`UnpackedRows`] can hold.
+pub trait Unpackable: Sized {
+    const OFFSET: Offset;
+    const MAX_QUANT: u8;
+}
+
+impl Unpackable for BlockQ4_0 {
+    const OFFSET: Offset = Offset::Shift(3);
+    const MAX_QUANT: u8 = 15;
+}
+impl Unpackable for BlockQ4_1 {
+    const OFFSET: Offset = Offset::Min;
+    const MAX_QUANT: u8 = 15;
+}
+impl Unpackable for BlockQ5_0 {
+    const OFFSET: Offset = Offset::Shift(4);
+    const MAX_QUANT: u8 = 31;
+}
+impl Unpackable for BlockQ5_1 {
+    const OFFSET: Offset = Offset::Min;
+    const MAX_QUANT: u8 = 31;
+}
+impl Unpackable for BlockQ8_0 {
+    const OFFSET: Offset = Offset::Shift(7);
+    const MAX_QUANT: u8 = 255;
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::*;
+    use crate::quant::legacy::x86::{expand_bits, h2f, unpack_nibbles};
+    use crate::quant::panel::{Q8Panel, GROUPS};
+    use crate::quant::PANEL_TOKENS;
+
+    /// Instantiates one type's unpacker: `$quants(block)` gives the 32 unsigned quants.
+    macro_rules! unpacker {
+        ($name:ident, $B:ty, |$blk:ident| $quants:expr $(, min |$mb:ident| $min:expr)?) => {
+            /// Unpacks `w` (`w.len() / bpr` rows of `bpr` blocks) into `out`.
+            #[target_feature(enable = "avx2,fma,f16c")]
+            pub fn $name(w: &[$B], bpr: usize, out: &mut UnpackedRows) {
+                assert!(bpr > 0 && w.len().is_multiple_of(bpr), "whole rows");
+                let rows = w.len() / bpr;
+                out.reset(rows, bpr, <$B>::OFFSET, <$B>::MAX_QUANT);
+                for (r, row) in w.chunks_exact(bpr).enumerate() {
+                    for (b, $blk) in row.iter().enumerate() {
+                        let i = b * rows + r;
+                        let q: __m256i = $quants;
+                        // SAFETY: `Quants32` is 32 writable, 32-byte aligned bytes.
+                        unsafe { _mm256_store_si256(out.q[i].0.as_mut_ptr().cast(), q) };
+                        out.d[i] = h2f($blk.d);
+                        $(
+                            let $mb = $blk;
+                            out.m[i] = h2f($min);
+                        )?
+                    }
+                }
+            }
+        };
+    }
+
+    /// 32 packed 4-bit quants plus their fifth bits (`qh` bit j for element j) as 16.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn five_bits(qs: &[u8; 16], qh: &[u8; 4]) -> __m256i {
+        let high = _mm256_and_si256(expand_bits(qh), _mm256_set1_epi8(16));
+        _mm256_or_si256(unpack_nibbles(qs), high)
+    }
+
+    /// Q8_0 quants as `q + 128`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn flipped(qs: &[i8; 32]) -> __m256i {
+        // SAFETY: `qs` is 32 readable bytes; unaligned load.
+        let q = unsafe { _mm256_loadu_si256(qs.as_ptr().cast()) };
+        _mm256_xor_si256(q, _mm256_set1_epi8(0x80u8 as i8))
+    }
+
+    unpacker!(unpack_q4_0, BlockQ4_0, |x| unpack_nibbles(&x.qs));
+    unpacker!(
+        unpack_q4_1,
+        BlockQ4_1,
+        |x| unpack_nibbles(&x.qs),
+        min | x | x.m
+    );
+    unpacker!(unpack_q5_0, BlockQ5_0, |x| five_bits(&x.qs, &x.qh));
+    unpacker!(
+        unpack_q5_1,
+        BlockQ5_1,
+        |x| five_bits(&x.qs, &x.qh),
+        min | x | x.m
+    );
+    unpacker!(unpack_q8_0, BlockQ8_0, |x| flipped(&x.qs));
+
+    /// Checks the shapes every kernel relies on.
+    fn check(u: &UnpackedRows, p: &Q8Panel, out: &[[f32; PANEL_TOKENS]]) {
+        assert_eq!(out.len(), u.rows, "one output row per weight row");
+        assert_eq!(p.blocks(), u.blocks, "panel and rows differ in length");
+        assert_eq!(u.q.len(), u.rows * u.blocks, "unpacked size");
+        assert_eq!(u.d.len(), u.q.len(), "unpacked scales");
+        if u.offset == Offset::Min {
+            assert_eq!(u.m.len(), u.q.len(), "unpacked mins");
+        }
+    }
+
+    /// Group `g` (four quants) of one block as one little-endian word.
+    #[inline(always)]
+    fn group(q: &[u8; 32], g: usize) -> i32 {
+        i32::from_le_bytes([q[4 * g], q[4 * g + 1], q[4 * g + 2], q[4 * g + 3]])
+    }
+
+    /// AVX-512 VNNI: four rows per pass, one zmm of 16 token lanes per row; each group
+    /// of four weight bytes is broadcast from memory and `vpdpbusd`-ed with the panel.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub fn panel_dot_vnni(u: &UnpackedRows, p: &Q8Panel, out: &mut [[f32; PANEL_TOKENS]]) {
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+        #[inline]
+        fn pass<const R: usize>(
+            u: &UnpackedRows,
+            r0: usize,
+            p: &Q8Panel,
+            out: &mut [[f32; PANEL_TOKENS]],
+        ) {
+            let mut acc = [_mm512_setzero_ps(); R];
+            for b in 0..u.blocks {
+                // SAFETY (all panel loads): `Lanes` entries are 64 aligned bytes.
+                let a: [__m512i; GROUPS] = std::array::from_fn(|g| unsafe {
+                    _mm512_load_si512(p.qs[b * GROUPS + g].0.as_ptr().cast())
+                });
+                let da = unsafe { _mm512_load_ps(p.d[b].0.as_ptr()) };
+                let base = match u.offset {
+                    Offset::Shift(k) => {
+                        let sum = unsafe { _mm512_load_si512(p.sum[b].0.as_ptr().cast()) };
+                        _mm512_sub_epi32(
+                            _mm512_setzero_si512(),
+                            _mm512_sll_epi32(sum, _mm_cvtsi32_si128(k as i32)),
+                        )
+                    }
+                    Offset::Min => _mm512_setzero_si512(),
+                };
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let r = r0 + i;
+                    let q = &u.q[b * u.rows + r].0;
+                    let mut s = base;
+                    for (g, a) in a.iter().enumerate() {
+                        s = _mm512_dpbusd_epi32(s, _mm512_set1_epi32(group(q, g)), *a);
+                    }
+                    let dw = _mm512_set1_ps(u.d[b * u.rows + r]);
+                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(da, dw), *acc);
+                    if u.offset == Offset::Min {
+                        let m = _mm512_set1_ps(u.m[b * u.rows + r]);
+                        let sa = unsafe { _mm512_load_ps(p.s[b].0.as_ptr()) };
+                        *acc = _mm512_fmadd_ps(m, sa, *acc);
+                    }
+                }
+            }
+            for (o, acc) in out[r0..r0 + R].iter_mut().zip(acc) {
+                // SAFETY: `o` is 16 writable f32.
+                unsafe { _mm512_storeu_ps(o.as_mut_ptr(), acc) };
+            }
+        }
+        check(u, p, out);
+        let mut r = 0;
+        while r + 4 <= u.rows {
+            pass::<4>(u, r, p, out);
+            r += 4;
+        }
+        while r < u.rows {
+            pass::<1>(u, r, p, out);
+            r += 1;
+        }
+    }
+
+    /// Whether [`panel_dot_avx2`] takes these rows: its i16 sums hold 4- and 5-bit
+    /// quants only (Q8_0 keeps its sign-trick panel kernel).
+    pub fn avx2_takes(u: &UnpackedRows) -> bool {
+        u.max_quant <= 31
+    }
+
+    /// AVX2: two rows per pass, tokens 0..8 and 8..16 as two ymm halves; `maddubs`
+    /// (u8 × i8 → i16 pairs) and `madd` with ones stand in for `vpdpbusd`. A pair is at
+    /// most 2·31·127 = 7874, so four groups fit an i16 sum (eight for 4-bit quants,
+    /// which this kernel does not rely on).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub fn panel_dot_avx2(u: &UnpackedRows, p: &Q8Panel, out: &mut [[f32; PANEL_TOKENS]]) {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        #[inline]
+        fn pass<const R: usize>(
+            u: &UnpackedRows,
+            r0: usize,
+            p: &Q8Panel,
+            out: &mut [[f32; PANEL_TOKENS]],
+        ) {
+            let ones = _mm256_set1_epi16(1);
+            let mut acc = [[_mm256_setzero_ps(); 2]; R];
+            for b in 0..u.blocks {
+                for h in 0..2 {
+                    // SAFETY (all panel loads): 32 of the 64 aligned bytes of `Lanes`.
+                    let a: [__m256i; GROUPS] = std::array::from_fn(|g| unsafe {
+                        _mm256_load_si256(p.qs[b * GROUPS + g].0.as_ptr().add(8 * h).cast())
+                    });
+                    let da = unsafe { _mm256_load_ps(p.d[b].0.as_ptr().add(8 * h)) };
+                    let base = match u.offset {
+                        Offset::Shift(k) => {
+                            let sum =
+                                unsafe { _mm256_load_si256(p.sum[b].0.as_ptr().add(8 * h).cast()) };
+                            _mm256_sub_epi32(
+                                _mm256_setzero_si256(),
+                                _mm256_sll_epi32(sum, _mm_cvtsi32_si128(k as i32)),
+                            )
+                        }
+                        Offset::Min => _mm256_setzero_si256(),
+                    };
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        let r = r0 + i;
+                        let q = &u.q[b * u.rows + r].0;
+                        let w = |g: usize| _mm256_set1_epi32(group(q, g));
+                        let quad = |g0: usize| {
+                            let mut s = _mm256_maddubs_epi16(w(g0), a[g0]);
+                            for (g, ag) in a.iter().enumerate().skip(g0 + 1).take(3) {
+                                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w(g), *ag));
+                            }
+                            _mm256_madd_epi16(s, ones)
+                        };
+                        let s = _mm256_add_epi32(base, _mm256_add_epi32(quad(0), quad(4)));
+                        let dw = _mm256_set1_ps(u.d[b * u.rows + r]);
+                        acc[h] =
+                            _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(da, dw), acc[h]);
+                        if u.offset == Offset::Min {
+                            let m = _mm256_set1_ps(u.m[b * u.rows + r]);
+                            let sa = unsafe { _mm256_load_ps(p.s[b].0.as_ptr().add(8 * h)) };
+                            acc[h] = _mm256_fmadd_ps(m, sa, acc[h]);
+                        }
+                    }
+                }
+            }
+            for (o, acc) in out[r0..r0 + R].iter_mut().zip(acc) {
+                // SAFETY: `o` is 16 writable f32.
+                unsafe {
+                    _mm256_storeu_ps(o.as_mut_ptr(), acc[0]);
+                    _mm256_storeu_ps(o.as_mut_ptr().add(8), acc[1]);
+                }
+            }
+        }
+        check(u, p, out);
+        assert!(
+            avx2_takes(u),
+            "quants above 31 overflow the AVX2 kernel's i16 sums"
+        );
+        let mut r = 0;
+        while r + 2 <= u.rows {
+            pass::<2>(u, r, p, out);
+            r += 2;
+        }
+        while r < u.rows {
+            pass::<1>(u, r, p, out);
+            r += 1;
+        }
+    }
+}
