@@ -1,6 +1,7 @@
 //! smq's CPU runtime: tensors over a read-only mmap, fused quantized kernels,
 //! architectures, tokenizers, sampling and generation.
 
+pub mod aligned;
 pub mod arch;
 mod attention;
 pub mod chat;

@@ -10,11 +10,11 @@ use half::{bf16, f16};
 use smq_format::GgmlType;
 use smq_runtime::quant::act::{BlockQ8_0, BlockQ8_1};
 use smq_runtime::quant::float;
-use smq_runtime::quant::unpacked::UnpackedRows;
 use smq_runtime::quant::legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1};
 use smq_runtime::quant::matmul::{
     cast_blocks, dequantize_row, matmul, matmul_with, KernelError, WeightMatrix,
 };
+use smq_runtime::quant::unpacked::UnpackedRows;
 use smq_runtime::quant::{ActBlock, KernelPath, WeightBlock, PANEL_TOKENS};
 
 /// Tiny deterministic PRNG (64-bit LCG, top bits).

@@ -9,6 +9,7 @@ pub mod smollm3;
 
 use smq_format::ModelConfig;
 
+use crate::aligned::AlignedF32;
 use crate::kv_cache::KvCache;
 use crate::model::{Hparams, Model, ModelError, TensorSpec};
 use crate::ops;
@@ -84,18 +85,18 @@ pub enum Outputs {
 pub struct Scratch {
     pub max_batch: usize,
     /// Residual stream, `n_embd` per token.
-    pub x: Vec<f32>,
+    pub x: AlignedF32,
     /// Normed input of the current sub-layer.
-    pub xb: Vec<f32>,
+    pub xb: AlignedF32,
     /// Output of a sub-layer before the residual add.
-    pub xb2: Vec<f32>,
-    pub q: Vec<f32>,
-    pub k: Vec<f32>,
-    pub v: Vec<f32>,
+    pub xb2: AlignedF32,
+    pub q: AlignedF32,
+    pub k: AlignedF32,
+    pub v: AlignedF32,
     /// Attention output, `n_head · head_dim_v` per token.
-    pub att: Vec<f32>,
-    pub gate: Vec<f32>,
-    pub up: Vec<f32>,
+    pub att: AlignedF32,
+    pub gate: AlignedF32,
+    pub up: AlignedF32,
     /// RoPE cos/sin of one position.
     pub rope_cs: Vec<f32>,
 }
@@ -105,15 +106,15 @@ impl Scratch {
         let b = max_batch;
         Scratch {
             max_batch: b,
-            x: vec![0.0; b * hp.n_embd],
-            xb: vec![0.0; b * hp.n_embd],
-            xb2: vec![0.0; b * hp.n_embd],
-            q: vec![0.0; b * hp.n_head * hp.head_dim],
-            k: vec![0.0; b * hp.kv_dim()],
-            v: vec![0.0; b * hp.kv_dim_v()],
-            att: vec![0.0; b * hp.n_head * hp.head_dim_v],
-            gate: vec![0.0; b * hp.n_ff],
-            up: vec![0.0; b * hp.n_ff],
+            x: AlignedF32::zeros(b * hp.n_embd),
+            xb: AlignedF32::zeros(b * hp.n_embd),
+            xb2: AlignedF32::zeros(b * hp.n_embd),
+            q: AlignedF32::zeros(b * hp.n_head * hp.head_dim),
+            k: AlignedF32::zeros(b * hp.kv_dim()),
+            v: AlignedF32::zeros(b * hp.kv_dim_v()),
+            att: AlignedF32::zeros(b * hp.n_head * hp.head_dim_v),
+            gate: AlignedF32::zeros(b * hp.n_ff),
+            up: AlignedF32::zeros(b * hp.n_ff),
             rope_cs: vec![0.0; hp.head_dim],
         }
     }

@@ -401,8 +401,10 @@ fn quantized<'a, B: WeightBlock>(
                 // stay in cache for every panel.
                 let mut lanes = [[0.0f32; PANEL_TOKENS]; PANEL_ROWS];
                 let mut unpacked = UnpackedRows::default();
+                let end = range.end;
                 for r0 in range.step_by(PANEL_ROWS) {
-                    let n = PANEL_ROWS.min(rows - r0);
+                    // Only this chunk's rows: others belong to other threads.
+                    let n = PANEL_ROWS.min(end - r0);
                     let w = &blocks[r0 * bpr..(r0 + n) * bpr];
                     // Unpacking once pays from the second panel on.
                     let is_unpacked =
@@ -584,5 +586,55 @@ pub fn dequantize_row(w: &WeightMatrix, row: usize, out: &mut [f32]) -> Result<(
             Ok(())
         }
         other => Err(KernelError::UnsupportedType(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A row task of a prompt matmul writes its own rows and no others (other threads
+    /// own them), for ranges that are not whole 64-row groups.
+    #[test]
+    fn a_panel_task_writes_only_its_rows() {
+        let (rows, cols, n_tokens) = (144usize, 64usize, 40usize);
+        // Q8_0 blocks (34 bytes: f16 scale, 32 quants) with varied bytes.
+        let data: Vec<u8> = (0..rows * cols / 32 * 34)
+            .map(|i| match i % 34 {
+                0 => 0x00,
+                1 => 0x2c, // scale 1/16
+                _ => (i * 37 % 251) as u8,
+            })
+            .collect();
+        let w = WeightMatrix::new(GgmlType::Q8_0, rows, cols, &data).unwrap();
+        let x: Vec<f32> = (0..cols * n_tokens)
+            .map(|i| (i * 7919 % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        for path in KernelPath::supported() {
+            let mut want = vec![0.0f32; rows * n_tokens];
+            matmul_with(path, &w, &x, n_tokens, &mut want);
+            for range in [0..16, 16..96, 80..144] {
+                let mut out = vec![f32::NAN; rows * n_tokens];
+                let task = prepare(
+                    path,
+                    &w,
+                    &x,
+                    n_tokens,
+                    Out::new(&mut out),
+                    &mut ActCache::default(),
+                );
+                (task.run)(range.clone());
+                for t in 0..n_tokens {
+                    for r in 0..rows {
+                        let got = out[t * rows + r];
+                        if range.contains(&r) {
+                            assert_eq!(got, want[t * rows + r], "{path:?} row {r} token {t}");
+                        } else {
+                            assert!(got.is_nan(), "{path:?} {range:?} wrote row {r}");
+                        }
+                    }
+                }
+            }
+        }
     }
 }
