@@ -179,6 +179,11 @@ pub(crate) mod x86 {
         }
     }
 
+    /// Blocks of a row per sweep over the rows: the panel's part for them (about 11 KB)
+    /// stays in L1 while every row passes over it; each row's accumulators carry over
+    /// to the next sweep through `out`, so the sum is the same, in the same order.
+    const K_BLOCKS: usize = 16;
+
     /// Group `g` (four quants) of one block as one little-endian word.
     #[inline(always)]
     fn group(q: &[u8; 32], g: usize) -> i32 {
@@ -195,10 +200,17 @@ pub(crate) mod x86 {
             u: &UnpackedRows,
             r0: usize,
             p: &Q8Panel,
+            blocks: std::ops::Range<usize>,
             out: &mut [[f32; PANEL_TOKENS]],
         ) {
             let mut acc = [_mm512_setzero_ps(); R];
-            for b in 0..u.blocks {
+            if blocks.start > 0 {
+                for (a, o) in acc.iter_mut().zip(&out[r0..r0 + R]) {
+                    // SAFETY: `o` is 16 readable f32.
+                    *a = unsafe { _mm512_loadu_ps(o.as_ptr()) };
+                }
+            }
+            for b in blocks {
                 // SAFETY (all panel loads): `Lanes` entries are 64 aligned bytes.
                 let a: [__m512i; GROUPS] = std::array::from_fn(|g| unsafe {
                     _mm512_load_si512(p.qs[b * GROUPS + g].0.as_ptr().cast())
@@ -236,14 +248,17 @@ pub(crate) mod x86 {
             }
         }
         check(u, p, out);
-        let mut r = 0;
-        while r + 4 <= u.rows {
-            pass::<4>(u, r, p, out);
-            r += 4;
-        }
-        while r < u.rows {
-            pass::<1>(u, r, p, out);
-            r += 1;
+        for k0 in (0..u.blocks).step_by(K_BLOCKS) {
+            let blocks = k0..(k0 + K_BLOCKS).min(u.blocks);
+            let mut r = 0;
+            while r + 4 <= u.rows {
+                pass::<4>(u, r, p, blocks.clone(), out);
+                r += 4;
+            }
+            while r < u.rows {
+                pass::<1>(u, r, p, blocks.clone(), out);
+                r += 1;
+            }
         }
     }
 
@@ -265,11 +280,21 @@ pub(crate) mod x86 {
             u: &UnpackedRows,
             r0: usize,
             p: &Q8Panel,
+            blocks: std::ops::Range<usize>,
             out: &mut [[f32; PANEL_TOKENS]],
         ) {
             let ones = _mm256_set1_epi16(1);
             let mut acc = [[_mm256_setzero_ps(); 2]; R];
-            for b in 0..u.blocks {
+            if blocks.start > 0 {
+                for (a, o) in acc.iter_mut().zip(&out[r0..r0 + R]) {
+                    // SAFETY: `o` is 16 readable f32.
+                    unsafe {
+                        a[0] = _mm256_loadu_ps(o.as_ptr());
+                        a[1] = _mm256_loadu_ps(o.as_ptr().add(8));
+                    }
+                }
+            }
+            for b in blocks {
                 for h in 0..2 {
                     // SAFETY (all panel loads): 32 of the 64 aligned bytes of `Lanes`.
                     let a: [__m256i; GROUPS] = std::array::from_fn(|g| unsafe {
@@ -323,14 +348,17 @@ pub(crate) mod x86 {
             avx2_takes(u),
             "quants above 31 overflow the AVX2 kernel's i16 sums"
         );
-        let mut r = 0;
-        while r + 2 <= u.rows {
-            pass::<2>(u, r, p, out);
-            r += 2;
-        }
-        while r < u.rows {
-            pass::<1>(u, r, p, out);
-            r += 1;
+        for k0 in (0..u.blocks).step_by(K_BLOCKS) {
+            let blocks = k0..(k0 + K_BLOCKS).min(u.blocks);
+            let mut r = 0;
+            while r + 2 <= u.rows {
+                pass::<2>(u, r, p, blocks.clone(), out);
+                r += 2;
+            }
+            while r < u.rows {
+                pass::<1>(u, r, p, blocks.clone(), out);
+                r += 1;
+            }
         }
     }
 }
