@@ -267,16 +267,28 @@ struct Prepared<'a> {
 }
 
 /// Runs every chunk of every prepared matmul on the team, chunks claimed in order.
+///
+/// The last quarter of the rows goes out in chunks of [`TAIL_ROWS`]: the threads then
+/// run out of work within one small chunk of each other, instead of one waiting for
+/// another's last large chunk.
 fn run_prepared(prepared: &[Prepared]) {
-    let chunks: Vec<(usize, std::ops::Range<usize>)> = prepared
-        .iter()
-        .enumerate()
-        .flat_map(|(i, p)| {
-            (0..p.rows)
-                .step_by(p.chunk)
-                .map(move |r| (i, r..(r + p.chunk).min(p.rows)))
-        })
-        .collect();
+    let total: usize = prepared.iter().map(|p| p.rows).sum();
+    let mut chunks: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
+    let mut done = 0;
+    for (i, p) in prepared.iter().enumerate() {
+        let mut r = 0;
+        while r < p.rows {
+            let size = if 4 * done >= 3 * total {
+                p.chunk.min(TAIL_ROWS)
+            } else {
+                p.chunk
+            };
+            let end = (r + size).min(p.rows);
+            chunks.push((i, r..end));
+            done += end - r;
+            r = end;
+        }
+    }
     let team = Team::global();
     if chunks.len() == 1 || team.threads() == 1 {
         for (i, r) in chunks {
@@ -529,6 +541,10 @@ fn quantize_acts<A: ActBlock>(x: &[f32], cols: usize, n_tokens: usize, panels: b
 /// Prompts at least this long use the panel kernels (below, a panel's empty lanes
 /// cost more than the four-token kernels lose).
 const PANEL_MIN_TOKENS: usize = 8;
+
+/// Rows of the small chunks at the end of a region (whole 16-row groups, so chunk
+/// boundaries stay on cache lines of the output).
+const TAIL_ROWS: usize = 16;
 
 /// Rows per panel-kernel call: their results for one panel fit in 4 KB on the stack.
 const PANEL_ROWS: usize = 64;
