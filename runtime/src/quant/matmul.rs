@@ -263,14 +263,17 @@ impl Out {
 struct Prepared<'a> {
     rows: usize,
     chunk: usize,
+    /// Chunks long enough (prompts) that the region's end is cut finer.
+    long_chunks: bool,
     run: Box<dyn Fn(std::ops::Range<usize>) + Sync + 'a>,
 }
 
 /// Runs every chunk of every prepared matmul on the team, chunks claimed in order.
 ///
-/// The last quarter of the rows goes out in chunks of [`TAIL_ROWS`]: the threads then
-/// run out of work within one small chunk of each other, instead of one waiting for
-/// another's last large chunk.
+/// For prompts, the last quarter of the rows goes out in chunks of [`TAIL_ROWS`]: the
+/// threads then run out of work within one small chunk of each other, instead of one
+/// waiting for another's last large chunk. (Decoding keeps its few chunks: a claim
+/// costs more than a short chunk's imbalance.)
 fn run_prepared(prepared: &[Prepared]) {
     let total: usize = prepared.iter().map(|p| p.rows).sum();
     let mut chunks: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
@@ -278,7 +281,7 @@ fn run_prepared(prepared: &[Prepared]) {
     for (i, p) in prepared.iter().enumerate() {
         let mut r = 0;
         while r < p.rows {
-            let size = if 4 * done >= 3 * total {
+            let size = if p.long_chunks && 4 * done >= 3 * total {
                 p.chunk.min(TAIL_ROWS)
             } else {
                 p.chunk
@@ -376,6 +379,7 @@ where
     Prepared {
         rows,
         chunk: chunk_rows(rows, w.cols),
+        long_chunks: n_tokens >= PANEL_MIN_TOKENS,
         run: Box::new(move |range| {
             for r in range {
                 for t in 0..n_tokens {
@@ -408,6 +412,7 @@ fn quantized<'a, B: WeightBlock>(
         return Prepared {
             rows,
             chunk,
+            long_chunks: true,
             run: Box::new(move |range| {
                 // Within a chunk the panel loop is innermost, so the chunk's weights
                 // stay in cache for every panel.
@@ -418,9 +423,10 @@ fn quantized<'a, B: WeightBlock>(
                     // Only this chunk's rows: others belong to other threads.
                     let n = PANEL_ROWS.min(end - r0);
                     let w = &blocks[r0 * bpr..(r0 + n) * bpr];
-                    // Unpacking once pays from the second panel on.
+                    // Unpacking costs about one panel of the per-type kernels and pays back
+                    // ~30% per panel: from four panels on.
                     let is_unpacked =
-                        act.panels.len() > 1 && B::unpack_rows(path, w, bpr, &mut unpacked);
+                        act.panels.len() >= 4 && B::unpack_rows(path, w, bpr, &mut unpacked);
                     for (pi, panel) in act.panels.iter().enumerate() {
                         if is_unpacked {
                             B::unpacked_panel_dot(path, &unpacked, panel, &mut lanes[..n]);
@@ -443,6 +449,7 @@ fn quantized<'a, B: WeightBlock>(
     Prepared {
         rows,
         chunk,
+        long_chunks: n_tokens >= PANEL_MIN_TOKENS,
         run: Box::new(move |range| {
             let tok = |t: usize| &act.rows[t * apr..(t + 1) * apr];
             for r in range {
