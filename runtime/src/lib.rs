@@ -5,6 +5,7 @@ pub mod aligned;
 pub mod arch;
 mod attention;
 pub mod chat;
+mod exp;
 pub mod generate;
 pub mod kv_cache;
 pub mod model;

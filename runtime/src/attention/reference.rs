@@ -4,44 +4,8 @@
 use half::f16;
 
 use super::ValueRows;
+use crate::exp::exp_nonpositive as exp;
 use crate::kv_cache::KEY_TILE;
-
-/// Below this, `exp` returns 0: e^-87 is near f32's smallest normal, and a probability
-/// that small rounds to 0 in fp16 anyway.
-pub(super) const EXP_MIN: f32 = -87.0;
-pub(super) const LOG2E: f32 = std::f32::consts::LOG2_E;
-/// ln 2 split in two so that `n · LN2_HI` is exact for the `n` that occur.
-pub(super) const LN2_HI: f32 = 355.0 / 512.0;
-pub(super) const LN2_LO: f32 = -2.121_944_4e-4;
-/// Taylor coefficients of e^r on |r| <= ln2/2, highest degree first (Horner order).
-pub(super) const EXP_POLY: [f32; 7] = [
-    1.0 / 720.0,
-    1.0 / 120.0,
-    1.0 / 24.0,
-    1.0 / 6.0,
-    0.5,
-    1.0,
-    1.0,
-];
-
-/// e^x for x <= 0 (larger x are taken as 0): e^x = 2^n · e^r with n = round(x·log2 e),
-/// r = x − n·ln 2 and e^r a degree-6 polynomial, all fused multiply-adds; about 2 ulp.
-/// Returns 0 for x below [`EXP_MIN`], for −inf and for NaN.
-pub(super) fn exp(x: f32) -> f32 {
-    if x.is_nan() || x < EXP_MIN {
-        return 0.0;
-    }
-    let x = x.min(0.0);
-    let n = (x * LOG2E).round_ties_even();
-    let r = n.mul_add(-LN2_HI, x);
-    let r = n.mul_add(-LN2_LO, r);
-    let mut p = EXP_POLY[0];
-    for &c in &EXP_POLY[1..] {
-        p = p.mul_add(r, c);
-    }
-    // n is in -126..=0 here, so 2^n is a normal float.
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
-}
 
 /// Scores of `qs.len() / dk` queries (fp16-rounded, `dk` values each) against one key
 /// tile: `out[i * stride + lane] = (Σ_d qs[i][d] · key[lane][d]) · scale`, the sum one

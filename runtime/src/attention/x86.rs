@@ -6,8 +6,9 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::reference::{self, EXP_MIN, EXP_POLY, LN2_HI, LN2_LO, LOG2E};
+use super::reference;
 use super::{Kernels, ValueRows};
+use crate::exp::x86::{exp16, exp8};
 use crate::kv_cache::KEY_TILE;
 
 pub(super) fn avx2_kernels() -> Kernels {
@@ -72,28 +73,6 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     fn splat(x: f32) -> __m512 {
         _mm512_set1_ps(x)
-    }
-
-    /// [`reference::exp`] on 16 lanes.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-    fn exp16(x: __m512) -> __m512 {
-        let valid = _mm512_cmp_ps_mask(x, splat(EXP_MIN), _CMP_GE_OQ);
-        let x = _mm512_min_ps(x, _mm512_setzero_ps());
-        let n = _mm512_roundscale_ps(
-            _mm512_mul_ps(x, splat(LOG2E)),
-            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
-        );
-        let r = _mm512_fmadd_ps(n, splat(-LN2_HI), x);
-        let r = _mm512_fmadd_ps(n, splat(-LN2_LO), r);
-        let mut p = splat(EXP_POLY[0]);
-        for &c in &EXP_POLY[1..] {
-            p = _mm512_fmadd_ps(p, r, splat(c));
-        }
-        let bits = _mm512_slli_epi32(
-            _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)),
-            23,
-        );
-        _mm512_maskz_mov_ps(valid, _mm512_mul_ps(p, _mm512_castsi512_ps(bits)))
     }
 
     pub(super) fn scores(
@@ -336,28 +315,6 @@ mod avx2 {
         _mm256_set1_ps(x)
     }
 
-    /// [`reference::exp`] on 8 lanes.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn exp8(x: __m256) -> __m256 {
-        let valid = _mm256_cmp_ps(x, splat(EXP_MIN), _CMP_GE_OQ);
-        let x = _mm256_min_ps(x, _mm256_setzero_ps());
-        let n = _mm256_round_ps(
-            _mm256_mul_ps(x, splat(LOG2E)),
-            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
-        );
-        let r = _mm256_fmadd_ps(n, splat(-LN2_HI), x);
-        let r = _mm256_fmadd_ps(n, splat(-LN2_LO), r);
-        let mut p = splat(EXP_POLY[0]);
-        for &c in &EXP_POLY[1..] {
-            p = _mm256_fmadd_ps(p, r, splat(c));
-        }
-        let bits = _mm256_slli_epi32(
-            _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
-            23,
-        );
-        _mm256_and_ps(valid, _mm256_mul_ps(p, _mm256_castsi256_ps(bits)))
-    }
-
     pub(super) fn scores(
         qs: &[f32],
         dk: usize,
@@ -454,7 +411,7 @@ mod avx2 {
     }
 
     /// Whole chunks of 16 (two ymm: lanes 0-7 and 8-15) in SIMD, the tail with the
-    /// scalar [`reference::exp`], which gives the same bits.
+    /// scalar [`crate::exp::exp_nonpositive`], which gives the same bits.
     #[target_feature(enable = "avx2,fma,f16c")]
     fn softmax_simd(x: &mut [f32]) {
         let n = x.len();
@@ -489,7 +446,7 @@ mod avx2 {
             _mm256_storeu_ps(lanes.as_mut_ptr().add(8), s1);
         }
         for (i, v) in x[full..].iter_mut().enumerate() {
-            *v = reference::exp(*v - max);
+            *v = crate::exp::exp_nonpositive(*v - max);
             lanes[i] += *v;
         }
         let total = lanes.iter().fold(0.0f32, |a, &l| a + l);
