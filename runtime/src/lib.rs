@@ -10,6 +10,7 @@ pub mod generate;
 pub mod kv_cache;
 pub mod model;
 pub mod ops;
+pub mod par;
 pub mod profile;
 pub mod quant;
 pub mod sampling;

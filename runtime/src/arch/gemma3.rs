@@ -12,7 +12,8 @@ use smq_format::ModelConfig;
 use super::{attention, embed, rope_qk, Batch, Scratch};
 use crate::kv_cache::KvCache;
 use crate::model::{Hparams, Model, ModelError, SlidingWindow, TensorSpec};
-use crate::ops::{add_inplace, geglu, rmsnorm, rmsnorm_inplace, scale, Rope, RopeStyle};
+use crate::ops::{Rope, RopeStyle};
+use crate::par::{add_inplace, geglu, rmsnorm, rmsnorm_inplace, scale};
 use crate::profile::{time, Op};
 use crate::quant::matmul::{matmul, matmul_group};
 

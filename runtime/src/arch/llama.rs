@@ -15,7 +15,8 @@ use smq_format::ModelConfig;
 use super::{attention, embed, rope_qk, Batch, Scratch};
 use crate::kv_cache::KvCache;
 use crate::model::{Hparams, Model, ModelError, TensorSpec};
-use crate::ops::{add_bias, add_inplace, rmsnorm, rmsnorm_inplace, swiglu, RopeStyle};
+use crate::ops::RopeStyle;
+use crate::par::{add_bias, add_inplace, rmsnorm, rmsnorm_inplace, swiglu};
 use crate::profile::{time, Op};
 use crate::quant::matmul::{matmul, matmul_group};
 

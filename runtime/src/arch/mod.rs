@@ -219,18 +219,29 @@ pub(crate) fn rope_qk(
 ) {
     let q_dim = hp.n_head * hp.head_dim;
     let kv_dim = hp.kv_dim();
-    for (t, (qt, kt)) in q
-        .chunks_exact_mut(q_dim)
-        .zip(k.chunks_exact_mut(kv_dim))
-        .enumerate()
-    {
-        match freq_factors {
-            Some(f) => rope.angles_with_factors(pos0 + t, f, cs),
-            None => rope.angles(pos0 + t, cs),
+    let tokens = |t0: usize, q: &mut [f32], k: &mut [f32], cs: &mut [f32]| {
+        for (t, (qt, kt)) in q
+            .chunks_exact_mut(q_dim)
+            .zip(k.chunks_exact_mut(kv_dim))
+            .enumerate()
+        {
+            match freq_factors {
+                Some(f) => rope.angles_with_factors(pos0 + t0 + t, f, cs),
+                None => rope.angles(pos0 + t0 + t, cs),
+            }
+            rope.apply(qt, hp.head_dim, cs);
+            rope.apply(kt, hp.head_dim, cs);
         }
-        rope.apply(qt, hp.head_dim, cs);
-        rope.apply(kt, hp.head_dim, cs);
+    };
+    let n_tokens = q.len().checked_div(q_dim).unwrap_or(0);
+    if n_tokens <= 1 {
+        return tokens(0, q, k, cs);
     }
+    // Whole tokens per thread; each part brings its own angle buffer.
+    let cs_len = cs.len();
+    crate::par::rows2(q, q_dim, k, kv_dim, crate::par::Cost::Heavy, |t0, q, k| {
+        tokens(t0, q, k, &mut vec![0.0; cs_len])
+    });
 }
 
 pub(crate) use crate::attention::attention;

@@ -257,6 +257,135 @@ impl Out {
         // SAFETY: in bounds (checked), and no other thread writes element `i` (see type).
         unsafe { *self.ptr.add(i) = v }
     }
+
+    /// Writes a panel kernel's results, `lanes[i][t]` for output row `r0 + i` and token
+    /// `t0 + t`, into the token-major output: a transpose, with 8x8 AVX blocks where
+    /// the path allows (the values are only moved, never changed).
+    fn set_tile(&self, path: KernelPath, lanes: &[[f32; PANEL_TOKENS]], tile: Tile) {
+        let n = lanes.len();
+        if n == 0 || tile.n_tok == 0 {
+            return;
+        }
+        assert!(tile.n_tok <= PANEL_TOKENS, "tile of {} tokens", tile.n_tok);
+        // The rows must be the caller's own (see type): checked per tile, not per element.
+        assert!(
+            tile.r0 + n <= tile.owned_end && tile.owned_end <= tile.rows,
+            "tile rows {}..{} outside the chunk ending at {}",
+            tile.r0,
+            tile.r0 + n,
+            tile.owned_end
+        );
+        // The highest index written, checked once for the whole tile.
+        let end = (tile.t0 + tile.n_tok - 1) * tile.rows + tile.r0 + n;
+        assert!(
+            end <= self.len,
+            "output tile ends at {end}, past {}",
+            self.len
+        );
+        #[cfg(target_arch = "x86_64")]
+        if path >= KernelPath::Avx2 {
+            // SAFETY: AVX is part of every path from Avx2 up, which the caller checked
+            // this CPU supports; the tile is in bounds (checked above) and its rows
+            // belong to the calling chunk (see type).
+            unsafe { self.set_tile_avx(lanes, tile) };
+            return;
+        }
+        let _ = path;
+        // SAFETY: as above.
+        unsafe { self.set_tile_scalar(lanes, tile, 0..n, 0..tile.n_tok) };
+    }
+
+    /// The scalar transpose of the `rows` x `toks` part of a tile.
+    ///
+    /// # Safety
+    /// The whole tile must be in bounds and owned by the caller (see [`Out::set_tile`]).
+    unsafe fn set_tile_scalar(
+        &self,
+        lanes: &[[f32; PANEL_TOKENS]],
+        tile: Tile,
+        rows: std::ops::Range<usize>,
+        toks: std::ops::Range<usize>,
+    ) {
+        for t in toks {
+            let base = (tile.t0 + t) * tile.rows + tile.r0;
+            for i in rows.clone() {
+                // SAFETY: inside the tile (caller's contract).
+                unsafe { *self.ptr.add(base + i) = lanes[i][t] };
+            }
+        }
+    }
+
+    /// [`Out::set_tile_scalar`] of the whole tile, full 8x8 blocks transposed in AVX
+    /// registers and stored as one 8-row run per token.
+    ///
+    /// # Safety
+    /// The CPU must support AVX; the tile as for [`Out::set_tile_scalar`].
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx")]
+    unsafe fn set_tile_avx(&self, lanes: &[[f32; PANEL_TOKENS]], tile: Tile) {
+        use std::arch::x86_64::*;
+        let n = lanes.len();
+        let (n8, t8) = (n & !7, tile.n_tok & !7);
+        for t in (0..t8).step_by(8) {
+            for i in (0..n8).step_by(8) {
+                let mut r = [_mm256_setzero_ps(); 8];
+                for (k, rk) in r.iter_mut().enumerate() {
+                    *rk = _mm256_loadu_ps(lanes[i + k][t..t + 8].as_ptr());
+                }
+                // Interleave pairs of rows, then pairs of pairs, then swap 128-bit halves:
+                // column k of the 8x8 block ends up in `c[k]`.
+                let a0 = _mm256_unpacklo_ps(r[0], r[1]);
+                let a1 = _mm256_unpackhi_ps(r[0], r[1]);
+                let a2 = _mm256_unpacklo_ps(r[2], r[3]);
+                let a3 = _mm256_unpackhi_ps(r[2], r[3]);
+                let a4 = _mm256_unpacklo_ps(r[4], r[5]);
+                let a5 = _mm256_unpackhi_ps(r[4], r[5]);
+                let a6 = _mm256_unpacklo_ps(r[6], r[7]);
+                let a7 = _mm256_unpackhi_ps(r[6], r[7]);
+                let b0 = _mm256_shuffle_ps::<0x44>(a0, a2);
+                let b1 = _mm256_shuffle_ps::<0xEE>(a0, a2);
+                let b2 = _mm256_shuffle_ps::<0x44>(a1, a3);
+                let b3 = _mm256_shuffle_ps::<0xEE>(a1, a3);
+                let b4 = _mm256_shuffle_ps::<0x44>(a4, a6);
+                let b5 = _mm256_shuffle_ps::<0xEE>(a4, a6);
+                let b6 = _mm256_shuffle_ps::<0x44>(a5, a7);
+                let b7 = _mm256_shuffle_ps::<0xEE>(a5, a7);
+                let c = [
+                    _mm256_permute2f128_ps::<0x20>(b0, b4),
+                    _mm256_permute2f128_ps::<0x20>(b1, b5),
+                    _mm256_permute2f128_ps::<0x20>(b2, b6),
+                    _mm256_permute2f128_ps::<0x20>(b3, b7),
+                    _mm256_permute2f128_ps::<0x31>(b0, b4),
+                    _mm256_permute2f128_ps::<0x31>(b1, b5),
+                    _mm256_permute2f128_ps::<0x31>(b2, b6),
+                    _mm256_permute2f128_ps::<0x31>(b3, b7),
+                ];
+                for (k, ck) in c.into_iter().enumerate() {
+                    let at = (tile.t0 + t + k) * tile.rows + tile.r0 + i;
+                    // SAFETY: rows `i..i + 8` of token `t + k` lie inside the tile.
+                    unsafe { _mm256_storeu_ps(self.ptr.add(at), ck) };
+                }
+            }
+        }
+        // The ragged edges: leftover rows for every token, leftover tokens for the rest.
+        // SAFETY: both parts lie inside the tile.
+        unsafe {
+            self.set_tile_scalar(lanes, tile, n8..n, 0..tile.n_tok);
+            self.set_tile_scalar(lanes, tile, 0..n8, t8..tile.n_tok);
+        }
+    }
+}
+
+/// Where a panel kernel's result tile goes in a token-major output of `rows` rows:
+/// output rows from `r0`, tokens `t0..t0 + n_tok`, inside the writer's chunk of rows
+/// (which ends at `owned_end`).
+#[derive(Clone, Copy, Debug)]
+struct Tile {
+    rows: usize,
+    owned_end: usize,
+    r0: usize,
+    t0: usize,
+    n_tok: usize,
 }
 
 /// One matmul ready to run: `run(range)` computes output rows `range` for every token.
@@ -420,7 +549,8 @@ fn quantized<'a, B: WeightBlock>(
                 let mut unpacked = UnpackedRows::default();
                 let end = range.end;
                 for r0 in range.step_by(PANEL_ROWS) {
-                    // Only this chunk's rows: others belong to other threads.
+                    // Up to the chunk's end, not the matrix's: the rows past it belong
+                    // to the next chunk (another thread's, and work done twice).
                     let n = PANEL_ROWS.min(end - r0);
                     let w = &blocks[r0 * bpr..(r0 + n) * bpr];
                     // Unpacking costs about one panel of the per-type kernels and pays back
@@ -434,13 +564,14 @@ fn quantized<'a, B: WeightBlock>(
                             B::panel_dot(path, w, panel, &mut lanes[..n]);
                         }
                         let t0 = pi * PANEL_TOKENS;
-                        // Token-major, so each token's outputs are one contiguous run.
-                        for t in 0..PANEL_TOKENS.min(n_tokens - t0) {
-                            let base = (t0 + t) * rows + r0;
-                            for (i, l) in lanes[..n].iter().enumerate() {
-                                out.set(base + i, l[t]);
-                            }
-                        }
+                        let tile = Tile {
+                            rows,
+                            owned_end: end,
+                            r0,
+                            t0,
+                            n_tok: PANEL_TOKENS.min(n_tokens - t0),
+                        };
+                        out.set_tile(path, &lanes[..n], tile);
                     }
                 }
             }),
@@ -659,5 +790,56 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The SIMD tile writer moves exactly the values the scalar one does, on ragged
+    /// shapes, and touches nothing outside the tile.
+    #[test]
+    fn tile_transpose_matches_scalar_on_ragged_shapes() {
+        let paths = KernelPath::supported();
+        for n in [1, 3, 7, 8, 9, 13, 16, 61, 64] {
+            for n_tok in [1, 2, 7, 8, 9, 15, 16] {
+                let (r0, t0) = (5, 3);
+                let rows = r0 + n + 2;
+                let n_tokens = t0 + n_tok + 1;
+                let lanes: Vec<[f32; PANEL_TOKENS]> = (0..n)
+                    .map(|i| std::array::from_fn(|t| (i * 100 + t) as f32 + 0.25))
+                    .collect();
+                let tile = Tile {
+                    rows,
+                    owned_end: r0 + n,
+                    r0,
+                    t0,
+                    n_tok,
+                };
+                let mut expected = vec![-1.0f32; rows * n_tokens];
+                for (i, l) in lanes.iter().enumerate() {
+                    for (t, &v) in l.iter().enumerate().take(n_tok) {
+                        expected[(t0 + t) * rows + r0 + i] = v;
+                    }
+                }
+                for &path in &paths {
+                    let mut got = vec![-1.0f32; rows * n_tokens];
+                    Out::new(&mut got).set_tile(path, &lanes, tile);
+                    assert_eq!(got, expected, "{path:?}, {n} rows, {n_tok} tokens");
+                }
+            }
+        }
+    }
+
+    /// A tile reaching past the writer's chunk (rows another thread owns) is refused.
+    #[test]
+    #[should_panic(expected = "outside the chunk")]
+    fn a_tile_past_its_chunk_panics() {
+        let lanes = vec![[0.0f32; PANEL_TOKENS]; 64];
+        let mut out = vec![0.0f32; 160 * 4];
+        let tile = Tile {
+            rows: 160,
+            owned_end: 80,
+            r0: 64,
+            t0: 0,
+            n_tok: 4,
+        };
+        Out::new(&mut out).set_tile(KernelPath::Scalar, &lanes, tile);
     }
 }
