@@ -72,16 +72,27 @@ fn round_half_even(x: f32) -> f32 {
     }
 }
 
-/// [`quantize_block`] on the best path this CPU has (same bits on every path).
+/// Quantizes a row of blocks on the best path this CPU has (same bits on every path):
+/// `store(block, d, Σq)` finishes each block with its f32 scale and quant sum.
 #[inline]
-fn quantize_block_fast(x: &[f32], q: &mut [i8; QK8]) -> f32 {
+fn quantize_blocks<B>(
+    x: &[f32],
+    out: &mut [B],
+    qs: impl Fn(&mut B) -> &mut [i8; QK8],
+    store: impl Fn(&mut B, f32, i32),
+) {
+    assert_eq!(x.len(), out.len() * QK8, "row length");
     #[cfg(target_arch = "x86_64")]
     if super::KernelPath::Avx2.is_supported() {
-        let x: &[f32; QK8] = x.try_into().expect("a 32-element block");
         // SAFETY: AVX2, FMA and F16C were just detected.
-        return unsafe { avx2::quantize_block(x, q) };
+        return unsafe { avx2::quantize_blocks(x, out, qs, store) };
     }
-    quantize_block(x, q)
+    for (xb, ob) in x.chunks_exact(QK8).zip(out.iter_mut()) {
+        let q = qs(ob);
+        let d = quantize_block(xb, q);
+        let sum = q.iter().map(|&v| v as i32).sum();
+        store(ob, d, sum);
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -94,8 +105,25 @@ mod avx2 {
     /// IEEE max, divisions and multiplies; `cvtps_epi32` rounds to nearest even (the
     /// default rounding mode), like the magic-number rounding; lanes whose product is
     /// NaN become 0 as `NaN as i8` does; the saturating packs act as the `as i8` cast.
+    /// [`super::quantize_blocks`] with the block quantizer inlined.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) fn quantize_block(x: &[f32; QK8], q: &mut [i8; QK8]) -> f32 {
+    pub(super) fn quantize_blocks<B>(
+        x: &[f32],
+        out: &mut [B],
+        qs: impl Fn(&mut B) -> &mut [i8; QK8],
+        store: impl Fn(&mut B, f32, i32),
+    ) {
+        for (xb, ob) in x.chunks_exact(QK8).zip(out.iter_mut()) {
+            let xb: &[f32; QK8] = xb.try_into().expect("a 32-element block");
+            let (d, sum) = quantize_block(xb, qs(ob));
+            store(ob, d, sum);
+        }
+    }
+
+    /// Also returns `Σq` (of the stored bytes).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    pub(super) fn quantize_block(x: &[f32; QK8], q: &mut [i8; QK8]) -> (f32, i32) {
         let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
         // SAFETY (all loads and the store): `x` and `q` are 32 elements; unaligned.
         let v: [__m256; 4] =
@@ -125,7 +153,16 @@ mod avx2 {
         // The packs interleave 128-bit lanes: put the 4-byte groups back in order.
         let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         unsafe { _mm256_storeu_si256(q.as_mut_ptr().cast(), b) };
-        d
+        // Σq: bytes times one in i16 pairs, pairs to i32, then across lanes.
+        let pairs = _mm256_maddubs_epi16(_mm256_set1_epi8(1), b);
+        let quads = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+        let s = _mm_add_epi32(
+            _mm256_castsi256_si128(quads),
+            _mm256_extracti128_si256::<1>(quads),
+        );
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+        (d, _mm_cvtsi128_si32(s))
     }
 }
 
@@ -138,11 +175,7 @@ impl ActBlock for BlockQ8_0 {
     }
 
     fn quantize_row(x: &[f32], out: &mut [Self]) {
-        assert_eq!(x.len(), out.len() * QK8, "Q8_0 row length");
-        for (xb, ob) in x.chunks_exact(QK8).zip(out.iter_mut()) {
-            let d = quantize_block_fast(xb, &mut ob.qs);
-            ob.d = f16::from_f32(d);
-        }
+        quantize_blocks(x, out, |b| &mut b.qs, |b, d, _| b.d = f16::from_f32(d));
     }
 }
 
@@ -155,13 +188,15 @@ impl ActBlock for BlockQ8_1 {
     }
 
     fn quantize_row(x: &[f32], out: &mut [Self]) {
-        assert_eq!(x.len(), out.len() * QK8, "Q8_1 row length");
-        for (xb, ob) in x.chunks_exact(QK8).zip(out.iter_mut()) {
-            let d = quantize_block_fast(xb, &mut ob.qs);
-            let sum: i32 = ob.qs.iter().map(|&q| q as i32).sum();
-            ob.d = f16::from_f32(d);
-            ob.s = f16::from_f32(d * sum as f32);
-        }
+        quantize_blocks(
+            x,
+            out,
+            |b| &mut b.qs,
+            |b, d, sum| {
+                b.d = f16::from_f32(d);
+                b.s = f16::from_f32(d * sum as f32);
+            },
+        );
     }
 }
 
@@ -263,8 +298,9 @@ mod tests {
             let (mut a, mut b) = ([0i8; QK8], [0i8; QK8]);
             let da = quantize_block(&x, &mut a);
             // SAFETY: AVX2 was just detected.
-            let db = unsafe { avx2::quantize_block(&x, &mut b) };
+            let (db, sum) = unsafe { avx2::quantize_block(&x, &mut b) };
             assert_eq!((da.to_bits(), a), (db.to_bits(), b), "{x:?}");
+            assert_eq!(sum, a.iter().map(|&q| q as i32).sum::<i32>(), "{x:?}");
         }
     }
 }
