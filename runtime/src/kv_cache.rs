@@ -10,6 +10,7 @@
 use half::f16;
 
 use crate::model::{Hparams, ModelError};
+use crate::quant::float::f32_to_f16_row;
 
 /// Positions per key tile.
 pub const KEY_TILE: usize = 16;
@@ -99,20 +100,20 @@ impl KvCache {
         let hd = self.head_dim;
         let kv_dim = self.n_head_kv * hd;
         let keys = &mut self.keys[layer];
+        let mut row16 = vec![f16::ZERO; kv_dim];
         for (t, row) in k.chunks_exact(kv_dim).enumerate() {
             let pos = self.len + t;
-            for (h, head) in row.chunks_exact(hd).enumerate() {
+            f32_to_f16_row(row, &mut row16);
+            for (h, head) in row16.chunks_exact(hd).enumerate() {
                 let tile = (h * self.n_tiles + pos / KEY_TILE) * hd * KEY_TILE;
                 let lane = pos % KEY_TILE;
                 for (d, &x) in head.iter().enumerate() {
-                    keys[tile + d * KEY_TILE + lane] = f16::from_f32(x);
+                    keys[tile + d * KEY_TILE + lane] = x;
                 }
             }
         }
         let start = self.len * self.kv_dim_v;
-        for (d, &s) in self.values[layer][start..start + v.len()].iter_mut().zip(v) {
-            *d = f16::from_f32(s);
-        }
+        f32_to_f16_row(v, &mut self.values[layer][start..start + v.len()]);
     }
 
     /// Marks `n` stored positions as filled.

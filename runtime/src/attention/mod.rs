@@ -23,10 +23,12 @@ mod reference;
 mod x86;
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 use crate::kv_cache::{KvCache, KEY_TILE};
 use crate::model::Hparams;
 use crate::quant::cpu::best_path;
+use crate::quant::float::f32_to_f16_row;
 use crate::quant::KernelPath;
 use crate::team::{Chunks, Team};
 
@@ -212,6 +214,7 @@ struct Task {
 /// Per-thread buffers: the task's fp16-rounded queries and its scores/probabilities.
 #[derive(Default)]
 struct Scratch {
+    q16: Vec<f16>,
     qs: Vec<f32>,
     scores: Vec<f32>,
 }
@@ -254,11 +257,15 @@ unsafe fn run_task(ctx: &TaskContext, task: &Task, out: AttOut, s: &mut Scratch)
     let n_heads = task.heads.len();
     let nq = task.tokens.len() * n_heads;
     // Queries token-major: query `ti * n_heads + hi` is head `heads[hi]` of token `ti`.
-    s.qs.clear();
+    s.q16.resize(hd, f16::ZERO);
+    s.qs.resize(nq * hd, 0.0);
+    let mut qs = s.qs.chunks_exact_mut(hd);
     for t in task.tokens.clone() {
         for h in task.heads.clone() {
             let q = &ctx.q[t * q_stride + h * hd..][..hd];
-            s.qs.extend(q.iter().map(|&x| f16::from_f32(x).to_f32()));
+            f32_to_f16_row(q, &mut s.q16);
+            s.q16
+                .convert_to_f32_slice(qs.next().expect("one slot per query"));
         }
     }
     let first = visible(ctx, task.tokens.start).start;
