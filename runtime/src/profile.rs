@@ -30,9 +30,10 @@ pub enum Op {
     Attention,
     /// The attention output projection and its bias.
     OutputProj,
-    /// The fused gate/up projection (one `matmul_group`) and its biases.
+    /// The gate/up projections and, where no bias comes between them, the gated
+    /// activation too (`matmul_gated`); else one `matmul_group` and the biases.
     GateUpMatmul,
-    /// The gated activation (SwiGLU, GeGLU).
+    /// The gated activation (SwiGLU, GeGLU) of models with gate/up biases.
     Glu,
     /// The FFN down projection and its bias.
     DownProj,

@@ -12,10 +12,10 @@ use smq_format::ModelConfig;
 use super::{attention, embed, rope_qk, Batch, Scratch};
 use crate::kv_cache::KvCache;
 use crate::model::{Hparams, Model, ModelError, SlidingWindow, TensorSpec};
-use crate::ops::{Rope, RopeStyle};
+use crate::ops::{self, Rope, RopeStyle};
 use crate::par::{add_inplace, geglu, rmsnorm, rmsnorm_inplace, scale};
 use crate::profile::{time, Op};
-use crate::quant::matmul::{matmul, matmul_group};
+use crate::quant::matmul::{matmul, matmul_gated, matmul_group};
 
 /// One global layer after every five sliding-window layers.
 const SWA_PATTERN: usize = 6;
@@ -121,13 +121,8 @@ pub(crate) fn forward(
         // Feed-forward.
         time(Op::Norm, || rmsnorm(xb, x, w.ffn_norm, hp.rms_eps));
         time(Op::GateUpMatmul, || {
-            matmul_group(
-                &mut [(&w.ffn_gate, &mut *gate), (&w.ffn_up, &mut *up)],
-                xb,
-                nt,
-            )
+            matmul_gated(&w.ffn_gate, &w.ffn_up, xb, nt, gate, up, ops::geglu, geglu)
         });
-        time(Op::Glu, || geglu(gate, up));
         time(Op::DownProj, || matmul(&w.ffn_down, gate, nt, xb2));
         time(Op::Norm, || rmsnorm_inplace(xb2, post_ffn_norm, hp.rms_eps));
         time(Op::Residual, || add_inplace(x, xb2));

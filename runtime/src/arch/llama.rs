@@ -15,10 +15,10 @@ use smq_format::ModelConfig;
 use super::{attention, embed, rope_qk, Batch, Scratch};
 use crate::kv_cache::KvCache;
 use crate::model::{Hparams, Model, ModelError, TensorSpec};
-use crate::ops::RopeStyle;
+use crate::ops::{self, RopeStyle};
 use crate::par::{add_bias, add_inplace, rmsnorm, rmsnorm_inplace, swiglu};
 use crate::profile::{time, Op};
-use crate::quant::matmul::{matmul, matmul_group};
+use crate::quant::matmul::{matmul, matmul_gated, matmul_group};
 
 pub(crate) fn configure(hp: &mut Hparams, _cfg: &ModelConfig) -> Result<TensorSpec, ModelError> {
     hp.rope.style = RopeStyle::Normal;
@@ -94,16 +94,32 @@ pub(crate) fn forward(
 
         // Feed-forward.
         time(Op::Norm, || rmsnorm(xb, x, w.ffn_norm, hp.rms_eps));
-        time(Op::GateUpMatmul, || {
-            matmul_group(
-                &mut [(&w.ffn_gate, &mut *gate), (&w.ffn_up, &mut *up)],
-                xb,
-                nt,
-            );
-            bias(gate, w.ffn_gate_b);
-            bias(up, w.ffn_up_b);
-        });
-        time(Op::Glu, || swiglu(gate, up));
+        if w.ffn_gate_b.is_none() && w.ffn_up_b.is_none() {
+            // No bias between the projections and the activation: one fused step.
+            time(Op::GateUpMatmul, || {
+                matmul_gated(
+                    &w.ffn_gate,
+                    &w.ffn_up,
+                    xb,
+                    nt,
+                    gate,
+                    up,
+                    ops::swiglu,
+                    swiglu,
+                )
+            });
+        } else {
+            time(Op::GateUpMatmul, || {
+                matmul_group(
+                    &mut [(&w.ffn_gate, &mut *gate), (&w.ffn_up, &mut *up)],
+                    xb,
+                    nt,
+                );
+                bias(gate, w.ffn_gate_b);
+                bias(up, w.ffn_up_b);
+            });
+            time(Op::Glu, || swiglu(gate, up));
+        }
         time(Op::DownProj, || {
             matmul(&w.ffn_down, gate, nt, xb2);
             bias(xb2, w.ffn_down_b);

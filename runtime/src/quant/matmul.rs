@@ -230,6 +230,172 @@ pub fn matmul_group_with(
     run_prepared(&prepared);
 }
 
+/// An element-wise gate activation, `gate[i] = act(gate[i]) · up[i]` (SwiGLU, GeGLU):
+/// the same values on any split of the two slices.
+pub type GateFn = fn(&mut [f32], &[f32]);
+
+/// The gated FFN's input projections and activation:
+/// `gate = act(W_gate · x) · (W_up · x)`, with `up` as scratch of the same size.
+///
+/// For prompts, when both matrices have the same type and that type has panel kernels,
+/// each group of rows runs through both matrices together and `tile` is applied to the
+/// two results while they are in cache: one output written instead of two, and no
+/// pass over both afterwards (`up` is left unwritten). Otherwise the two matmuls run as
+/// one group and `batch` applies the activation. `tile` and `batch` must compute the
+/// same function (e.g. `ops::swiglu` and its batch split); either way `gate` ends with
+/// the same bits.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_gated(
+    w_gate: &WeightMatrix,
+    w_up: &WeightMatrix,
+    x: &[f32],
+    n_tokens: usize,
+    gate: &mut [f32],
+    up: &mut [f32],
+    tile: GateFn,
+    batch: GateFn,
+) {
+    matmul_gated_with(
+        super::cpu::best_path(),
+        w_gate,
+        w_up,
+        x,
+        n_tokens,
+        gate,
+        up,
+        tile,
+        batch,
+    )
+}
+
+/// [`matmul_gated`] on an explicit kernel path.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_gated_with(
+    path: KernelPath,
+    w_gate: &WeightMatrix,
+    w_up: &WeightMatrix,
+    x: &[f32],
+    n_tokens: usize,
+    gate: &mut [f32],
+    up: &mut [f32],
+    tile: GateFn,
+    batch: GateFn,
+) {
+    let path = if path.is_supported() {
+        path
+    } else {
+        KernelPath::Scalar
+    };
+    let same_shape = w_gate.ty == w_up.ty && w_gate.rows == w_up.rows && w_gate.cols == w_up.cols;
+    if same_shape && n_tokens >= PANEL_MIN_TOKENS && w_gate.rows > 0 {
+        assert_eq!(x.len(), n_tokens * w_gate.cols, "activation length");
+        assert_eq!(gate.len(), n_tokens * w_gate.rows, "output length");
+        let mut acts = ActCache::default();
+        let out = Out::new(gate);
+        let fused = match w_gate.ty {
+            GgmlType::Q4_0 => {
+                gated::<BlockQ4_0>(path, w_gate, w_up, x, n_tokens, out, &mut acts, tile)
+            }
+            GgmlType::Q4_1 => {
+                gated::<BlockQ4_1>(path, w_gate, w_up, x, n_tokens, out, &mut acts, tile)
+            }
+            GgmlType::Q5_0 => {
+                gated::<BlockQ5_0>(path, w_gate, w_up, x, n_tokens, out, &mut acts, tile)
+            }
+            GgmlType::Q5_1 => {
+                gated::<BlockQ5_1>(path, w_gate, w_up, x, n_tokens, out, &mut acts, tile)
+            }
+            GgmlType::Q8_0 => {
+                gated::<BlockQ8_0>(path, w_gate, w_up, x, n_tokens, out, &mut acts, tile)
+            }
+            GgmlType::Q2K => {
+                gated::<BlockQ2K>(path, w_gate, w_up, x, n_tokens, out, &mut acts, tile)
+            }
+            GgmlType::Q3K => {
+                gated::<BlockQ3K>(path, w_gate, w_up, x, n_tokens, out, &mut acts, tile)
+            }
+            GgmlType::Q4K => {
+                gated::<BlockQ4K>(path, w_gate, w_up, x, n_tokens, out, &mut acts, tile)
+            }
+            GgmlType::Q5K => {
+                gated::<BlockQ5K>(path, w_gate, w_up, x, n_tokens, out, &mut acts, tile)
+            }
+            GgmlType::Q6K => {
+                gated::<BlockQ6K>(path, w_gate, w_up, x, n_tokens, out, &mut acts, tile)
+            }
+            _ => None,
+        };
+        if let Some(fused) = fused {
+            run_prepared(&[fused]);
+            return;
+        }
+    }
+    matmul_group_with(
+        path,
+        &mut [(w_gate, &mut *gate), (w_up, &mut *up)],
+        x,
+        n_tokens,
+    );
+    batch(gate, up);
+}
+
+/// The fused gate/up row task for type `B`, or `None` where `B` has no panel kernel on
+/// `path`.
+#[allow(clippy::too_many_arguments)]
+fn gated<'a, B: WeightBlock>(
+    path: KernelPath,
+    w_gate: &WeightMatrix<'a>,
+    w_up: &WeightMatrix<'a>,
+    x: &[f32],
+    n_tokens: usize,
+    out: Out,
+    acts: &mut ActCache,
+    tile: GateFn,
+) -> Option<Prepared<'a>> {
+    if !B::has_panel_kernel(path) {
+        return None;
+    }
+    let gate = cast_blocks::<B>(w_gate.data).expect("validated by WeightMatrix::new");
+    let up = cast_blocks::<B>(w_up.data).expect("validated by WeightMatrix::new");
+    let rows = w_gate.rows;
+    let bpr = w_gate.cols / B::BLOCK_ELEMS;
+    let act = acts.get::<B::Act>(x, w_gate.cols, n_tokens, true);
+    Some(Prepared {
+        rows,
+        // Each row is two rows' work.
+        chunk: chunk_rows(2 * rows, w_gate.cols)
+            .div_ceil(2)
+            .next_multiple_of(16),
+        long_chunks: true,
+        run: Box::new(move |range| {
+            let mut lanes = [[0.0f32; PANEL_TOKENS]; PANEL_ROWS];
+            let mut lanes_up = [[0.0f32; PANEL_TOKENS]; PANEL_ROWS];
+            let (mut g, mut u) = (GroupRows::default(), GroupRows::default());
+            let end = range.end;
+            for r0 in range.step_by(PANEL_ROWS) {
+                let n = PANEL_ROWS.min(end - r0);
+                let rows_of = |w: &'a [B]| &w[r0 * bpr..(r0 + n) * bpr];
+                g.load(path, rows_of(gate), bpr, act.panels.len());
+                u.load(path, rows_of(up), bpr, act.panels.len());
+                for (pi, panel) in act.panels.iter().enumerate() {
+                    g.dot(path, panel, &mut lanes[..n]);
+                    u.dot(path, panel, &mut lanes_up[..n]);
+                    tile(lanes[..n].as_flattened_mut(), lanes_up[..n].as_flattened());
+                    let t0 = pi * PANEL_TOKENS;
+                    let tile = Tile {
+                        rows,
+                        owned_end: end,
+                        r0,
+                        t0,
+                        n_tok: PANEL_TOKENS.min(n_tokens - t0),
+                    };
+                    out.set_tile(path, &lanes[..n], tile);
+                }
+            }
+        }),
+    })
+}
+
 /// The output of one matmul, written by several threads at once: every chunk of rows
 /// writes only its own rows (`out[t * rows + r]` for its `r`), so writes never overlap.
 #[derive(Clone, Copy)]
@@ -546,23 +712,20 @@ fn quantized<'a, B: WeightBlock>(
                 // Within a chunk the panel loop is innermost, so the chunk's weights
                 // stay in cache for every panel.
                 let mut lanes = [[0.0f32; PANEL_TOKENS]; PANEL_ROWS];
-                let mut unpacked = UnpackedRows::default();
+                let mut group = GroupRows::default();
                 let end = range.end;
                 for r0 in range.step_by(PANEL_ROWS) {
                     // Up to the chunk's end, not the matrix's: the rows past it belong
                     // to the next chunk (another thread's, and work done twice).
                     let n = PANEL_ROWS.min(end - r0);
-                    let w = &blocks[r0 * bpr..(r0 + n) * bpr];
-                    // Unpacking costs about one panel of the per-type kernels and pays back
-                    // ~30% per panel: from four panels on.
-                    let is_unpacked =
-                        act.panels.len() >= 4 && B::unpack_rows(path, w, bpr, &mut unpacked);
+                    group.load(
+                        path,
+                        &blocks[r0 * bpr..(r0 + n) * bpr],
+                        bpr,
+                        act.panels.len(),
+                    );
                     for (pi, panel) in act.panels.iter().enumerate() {
-                        if is_unpacked {
-                            B::unpacked_panel_dot(path, &unpacked, panel, &mut lanes[..n]);
-                        } else {
-                            B::panel_dot(path, w, panel, &mut lanes[..n]);
-                        }
+                        group.dot(path, panel, &mut lanes[..n]);
                         let t0 = pi * PANEL_TOKENS;
                         let tile = Tile {
                             rows,
@@ -599,6 +762,47 @@ fn quantized<'a, B: WeightBlock>(
                 }
             }
         }),
+    }
+}
+
+/// One group of up to [`PANEL_ROWS`] weight rows, ready to run every panel over.
+struct GroupRows<'w, B> {
+    w: &'w [B],
+    unpacked: UnpackedRows,
+    is_unpacked: bool,
+}
+
+impl<B> Default for GroupRows<'_, B> {
+    fn default() -> Self {
+        GroupRows {
+            w: &[],
+            unpacked: UnpackedRows::default(),
+            is_unpacked: false,
+        }
+    }
+}
+
+impl<'w, B: WeightBlock> GroupRows<'w, B> {
+    /// Takes rows `w` (`bpr` blocks each) for `n_panels` panels: unpacked once when the
+    /// type has the shared kernel on `path` and there are enough panels to pay for it
+    /// (unpacking costs about one panel of the per-type kernels and saves ~30% of each).
+    fn load(&mut self, path: KernelPath, w: &'w [B], bpr: usize, n_panels: usize) {
+        self.w = w;
+        self.is_unpacked = n_panels >= 4 && B::unpack_rows(path, w, bpr, &mut self.unpacked);
+    }
+
+    /// Every row against one panel: `lanes[i][t]` for row `i`, token `t`.
+    fn dot(
+        &self,
+        path: KernelPath,
+        panel: &<B::Act as ActBlock>::Panel,
+        lanes: &mut [[f32; PANEL_TOKENS]],
+    ) {
+        if self.is_unpacked {
+            B::unpacked_panel_dot(path, &self.unpacked, panel, lanes);
+        } else {
+            B::panel_dot(path, self.w, panel, lanes);
+        }
     }
 }
 
@@ -788,6 +992,53 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// The fused gate/up/activation step gives the bits of the two matmuls followed by
+    /// the activation, for prompts (fused, with and without unpacked rows) and short
+    /// batches (unfused), on every path.
+    #[test]
+    fn gated_matmul_equals_matmuls_then_activation() {
+        let (rows, cols) = (80usize, 96usize);
+        let q8_0_rows = |seed: usize| -> Vec<u8> {
+            (0..rows * cols / 32 * 34)
+                .map(|i| match i % 34 {
+                    0 => 0x00,
+                    1 => 0x2c,
+                    _ => ((i + seed) * 37 % 251) as u8,
+                })
+                .collect()
+        };
+        let (gd, ud) = (q8_0_rows(1), q8_0_rows(7));
+        let wg = WeightMatrix::new(GgmlType::Q8_0, rows, cols, &gd).unwrap();
+        let wu = WeightMatrix::new(GgmlType::Q8_0, rows, cols, &ud).unwrap();
+        for n_tokens in [3usize, 20, 70] {
+            let x: Vec<f32> = (0..cols * n_tokens)
+                .map(|i| (i * 7919 % 1000) as f32 / 250.0 - 2.0)
+                .collect();
+            for path in KernelPath::supported() {
+                let mut want_g = vec![0.0f32; rows * n_tokens];
+                let mut want_u = vec![0.0f32; rows * n_tokens];
+                matmul_with(path, &wg, &x, n_tokens, &mut want_g);
+                matmul_with(path, &wu, &x, n_tokens, &mut want_u);
+                crate::ops::swiglu(&mut want_g, &want_u);
+                let mut gate = vec![f32::NAN; rows * n_tokens];
+                let mut up = vec![f32::NAN; rows * n_tokens];
+                matmul_gated_with(
+                    path,
+                    &wg,
+                    &wu,
+                    &x,
+                    n_tokens,
+                    &mut gate,
+                    &mut up,
+                    crate::ops::swiglu,
+                    crate::ops::swiglu,
+                );
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&gate), bits(&want_g), "{path:?}, {n_tokens} tokens");
             }
         }
     }
