@@ -156,13 +156,46 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     assert_eq!(gate.len(), up.len(), "gate and up lengths");
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if crate::quant::cpu::best_path() >= crate::quant::KernelPath::Avx2 {
-        // SAFETY: the best path is one this CPU supports (AVX2 + FMA + F16C).
-        done = unsafe { swiglu_avx2(gate, up) };
+    {
+        use crate::quant::KernelPath;
+        let path = crate::quant::cpu::best_path();
+        if path >= KernelPath::Avx512Vnni {
+            // SAFETY: the best path is one this CPU supports (AVX-512 F and AVX2).
+            done = unsafe { swiglu_avx512(gate, up) };
+        } else if path >= KernelPath::Avx2 {
+            // SAFETY: the best path is one this CPU supports (AVX2 + FMA + F16C).
+            done = unsafe { swiglu_avx2(gate, up) };
+        }
     }
     for (g, &u) in gate[done..].iter_mut().zip(&up[done..]) {
         *g = silu(*g) * u;
     }
+}
+
+/// [`swiglu`] on whole groups of 16; returns how many elements it did.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn swiglu_avx512(gate: &mut [f32], up: &[f32]) -> usize {
+    use std::arch::x86_64::*;
+    let n = gate.len() / 16 * 16;
+    let one = _mm512_set1_ps(1.0);
+    for i in (0..n).step_by(16) {
+        // SAFETY: `i + 16 <= n` for both slices (equal lengths); unaligned accesses.
+        unsafe {
+            let x = _mm512_loadu_ps(gate.as_ptr().add(i));
+            let neg_abs = _mm512_castsi512_ps(_mm512_or_si512(
+                _mm512_castps_si512(x),
+                _mm512_set1_epi32(i32::MIN),
+            ));
+            let t = crate::exp::x86::exp16(neg_abs);
+            let nonneg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GE_OQ);
+            let num = _mm512_mask_blend_ps(nonneg, _mm512_mul_ps(x, t), x);
+            let s = _mm512_div_ps(num, _mm512_add_ps(one, t));
+            let u = _mm512_loadu_ps(up.as_ptr().add(i));
+            _mm512_storeu_ps(gate.as_mut_ptr().add(i), _mm512_mul_ps(s, u));
+        }
+    }
+    n
 }
 
 /// [`swiglu`] on whole groups of 8; returns how many elements it did.
@@ -358,10 +391,29 @@ mod tests {
     fn swiglu_simd_gives_the_scalar_bits() {
         let gate: Vec<f32> = (0..1003).map(|i| (i as f32 * 0.37).sin() * 30.0).collect();
         let up: Vec<f32> = (0..1003).map(|i| (i as f32 * 0.11).cos() * 3.0).collect();
+        let check = |got: &[f32], done: usize, what: &str| {
+            for (i, ((g, x), u)) in got.iter().zip(&gate).zip(&up).enumerate().take(done) {
+                assert_eq!(g.to_bits(), (silu(*x) * u).to_bits(), "{what}: element {i}");
+            }
+        };
         let mut got = gate.clone();
         swiglu(&mut got, &up);
-        for (i, ((g, x), u)) in got.iter().zip(&gate).zip(&up).enumerate() {
-            assert_eq!(g.to_bits(), (silu(*x) * u).to_bits(), "element {i}");
+        check(&got, gate.len(), "best path");
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::quant::KernelPath;
+            if KernelPath::Avx2.is_supported() {
+                let mut got = gate.clone();
+                // SAFETY: AVX2 + FMA + F16C checked.
+                let done = unsafe { swiglu_avx2(&mut got, &up) };
+                check(&got, done, "avx2");
+            }
+            if KernelPath::Avx512Vnni.is_supported() {
+                let mut got = gate.clone();
+                // SAFETY: AVX-512 checked.
+                let done = unsafe { swiglu_avx512(&mut got, &up) };
+                check(&got, done, "avx512");
+            }
         }
     }
 

@@ -772,13 +772,27 @@ struct GroupRows<'w, B> {
     is_unpacked: bool,
 }
 
+thread_local! {
+    /// Unpacked-row buffers of finished groups, reused by the next (an allocation, its
+    /// zero-fill and its free per chunk cost about 2% of a short prompt).
+    static SPARE_UNPACKED: std::cell::RefCell<Vec<UnpackedRows>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl<B> Default for GroupRows<'_, B> {
     fn default() -> Self {
         GroupRows {
             w: &[],
-            unpacked: UnpackedRows::default(),
+            unpacked: SPARE_UNPACKED.with_borrow_mut(Vec::pop).unwrap_or_default(),
             is_unpacked: false,
         }
+    }
+}
+
+impl<B> Drop for GroupRows<'_, B> {
+    fn drop(&mut self) {
+        let buffer = std::mem::take(&mut self.unpacked);
+        SPARE_UNPACKED.with_borrow_mut(|spare| spare.push(buffer));
     }
 }
 
