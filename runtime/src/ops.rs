@@ -1,9 +1,9 @@
-//! Element-wise and per-row operations of the forward pass, in plain Rust.
+//! Element-wise and per-row operations of the forward pass (attention has its own
+//! module), one row or slice at a time; `par` splits them over a batch.
 //!
 //! Each op follows the arithmetic of llama.cpp's CPU backend where that matters for
-//! fidelity (sum precision in RMSNorm, the incremental RoPE angle, the fp16 GELU table,
-//! flash attention's fp16 query and fp16 value accumulator), so smq's logits stay within
-//! the noise llama.cpp itself shows between two CPUs.
+//! fidelity (sum precision in RMSNorm, the incremental RoPE angle, the fp16 GELU table),
+//! so smq's logits stay within the noise llama.cpp itself shows between two CPUs.
 
 use std::sync::OnceLock;
 

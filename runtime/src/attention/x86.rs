@@ -67,35 +67,59 @@ fn check_weighted_sum(
     Some(len)
 }
 
+/// The safe entry points of one path's module (the [`Kernels`] it hands out): shape
+/// checks, then the module's own `scores_checked`, `softmax_simd` and `sums::<N>`.
+macro_rules! entry_points {
+    () => {
+        pub(super) fn scores(
+            qs: &[f32],
+            dk: usize,
+            tile: &[f16],
+            scale: f32,
+            out: &mut [f32],
+            stride: usize,
+        ) {
+            let nq = check_scores(qs, dk, tile, out, stride);
+            let (q, t, o) = (qs.as_ptr(), tile.as_ptr(), out.as_mut_ptr());
+            // SAFETY: this path is only chosen on CPUs with its features; lengths checked.
+            unsafe { scores_checked(q, nq, dk, t, scale, o, stride) }
+        }
+
+        pub(super) fn softmax(x: &mut [f32]) {
+            // SAFETY: this path is only chosen on CPUs with its features.
+            unsafe { softmax_simd(x) }
+        }
+
+        pub(super) fn weighted_sum(
+            p: &[&[f32]],
+            values: ValueRows<'_>,
+            first: usize,
+            out: &mut [&mut [f32]],
+        ) {
+            let Some(len) = check_weighted_sum(p, &values, first, out) else {
+                return reference::weighted_sum(p, values, first, out);
+            };
+            // SAFETY: this path is only chosen on CPUs with its features; shapes checked.
+            unsafe {
+                match p.len() {
+                    1 => sums::<1>(p, values, first, len, out),
+                    2 => sums::<2>(p, values, first, len, out),
+                    3 => sums::<3>(p, values, first, len, out),
+                    _ => sums::<4>(p, values, first, len, out),
+                }
+            }
+        }
+    };
+}
+
 mod avx512 {
     use super::*;
+
+    entry_points!();
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     fn splat(x: f32) -> __m512 {
         _mm512_set1_ps(x)
-    }
-
-    pub(super) fn scores(
-        qs: &[f32],
-        dk: usize,
-        tile: &[f16],
-        scale: f32,
-        out: &mut [f32],
-        stride: usize,
-    ) {
-        let nq = check_scores(qs, dk, tile, out, stride);
-        // SAFETY: this path is only chosen on CPUs with these features; lengths checked.
-        unsafe {
-            scores_checked(
-                qs.as_ptr(),
-                nq,
-                dk,
-                tile.as_ptr(),
-                scale,
-                out.as_mut_ptr(),
-                stride,
-            )
-        }
     }
 
     /// # Safety
@@ -163,11 +187,6 @@ mod avx512 {
         }
     }
 
-    pub(super) fn softmax(x: &mut [f32]) {
-        // SAFETY: this path is only chosen on CPUs with these features.
-        unsafe { softmax_simd(x) }
-    }
-
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     fn softmax_simd(x: &mut [f32]) {
         let n = x.len();
@@ -212,26 +231,6 @@ mod avx512 {
             }
             let t = round(_mm512_maskz_loadu_ps(tail, ptr.add(full)));
             _mm512_mask_storeu_ps(ptr.add(full), tail, t);
-        }
-    }
-
-    pub(super) fn weighted_sum(
-        p: &[&[f32]],
-        values: ValueRows<'_>,
-        first: usize,
-        out: &mut [&mut [f32]],
-    ) {
-        let Some(len) = check_weighted_sum(p, &values, first, out) else {
-            return reference::weighted_sum(p, values, first, out);
-        };
-        // SAFETY: this path is only chosen on CPUs with these features; shapes checked.
-        unsafe {
-            match p.len() {
-                1 => sums::<1>(p, values, first, len, out),
-                2 => sums::<2>(p, values, first, len, out),
-                3 => sums::<3>(p, values, first, len, out),
-                _ => sums::<4>(p, values, first, len, out),
-            }
         }
     }
 
@@ -310,32 +309,11 @@ mod avx512 {
 mod avx2 {
     use super::*;
 
+    entry_points!();
+
     #[target_feature(enable = "avx2,fma,f16c")]
     fn splat(x: f32) -> __m256 {
         _mm256_set1_ps(x)
-    }
-
-    pub(super) fn scores(
-        qs: &[f32],
-        dk: usize,
-        tile: &[f16],
-        scale: f32,
-        out: &mut [f32],
-        stride: usize,
-    ) {
-        let nq = check_scores(qs, dk, tile, out, stride);
-        // SAFETY: this path is only chosen on CPUs with these features; lengths checked.
-        unsafe {
-            scores_checked(
-                qs.as_ptr(),
-                nq,
-                dk,
-                tile.as_ptr(),
-                scale,
-                out.as_mut_ptr(),
-                stride,
-            )
-        }
     }
 
     /// # Safety
@@ -405,11 +383,6 @@ mod avx2 {
         }
     }
 
-    pub(super) fn softmax(x: &mut [f32]) {
-        // SAFETY: this path is only chosen on CPUs with these features.
-        unsafe { softmax_simd(x) }
-    }
-
     /// Whole chunks of 16 (two ymm: lanes 0-7 and 8-15) in SIMD, the tail with the
     /// scalar [`crate::exp::exp_nonpositive`], which gives the same bits.
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -462,26 +435,6 @@ mod avx2 {
         }
         for v in x[full..].iter_mut() {
             *v = f16::from_f32(*v * inv).to_f32();
-        }
-    }
-
-    pub(super) fn weighted_sum(
-        p: &[&[f32]],
-        values: ValueRows<'_>,
-        first: usize,
-        out: &mut [&mut [f32]],
-    ) {
-        let Some(len) = check_weighted_sum(p, &values, first, out) else {
-            return reference::weighted_sum(p, values, first, out);
-        };
-        // SAFETY: this path is only chosen on CPUs with these features; shapes checked.
-        unsafe {
-            match p.len() {
-                1 => sums::<1>(p, values, first, len, out),
-                2 => sums::<2>(p, values, first, len, out),
-                3 => sums::<3>(p, values, first, len, out),
-                _ => sums::<4>(p, values, first, len, out),
-            }
         }
     }
 

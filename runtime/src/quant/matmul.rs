@@ -230,6 +230,56 @@ pub fn matmul_group_with(
     run_prepared(&prepared);
 }
 
+/// `$body` with `B` the block type of quantized `$ty`; `$other` (bound to the type)
+/// for the float types.
+macro_rules! for_quant_block {
+    ($ty:expr, $B:ident => $body:expr, $other:pat => $fallback:expr) => {
+        match $ty {
+            GgmlType::Q4_0 => {
+                type $B = BlockQ4_0;
+                $body
+            }
+            GgmlType::Q4_1 => {
+                type $B = BlockQ4_1;
+                $body
+            }
+            GgmlType::Q5_0 => {
+                type $B = BlockQ5_0;
+                $body
+            }
+            GgmlType::Q5_1 => {
+                type $B = BlockQ5_1;
+                $body
+            }
+            GgmlType::Q8_0 => {
+                type $B = BlockQ8_0;
+                $body
+            }
+            GgmlType::Q2K => {
+                type $B = BlockQ2K;
+                $body
+            }
+            GgmlType::Q3K => {
+                type $B = BlockQ3K;
+                $body
+            }
+            GgmlType::Q4K => {
+                type $B = BlockQ4K;
+                $body
+            }
+            GgmlType::Q5K => {
+                type $B = BlockQ5K;
+                $body
+            }
+            GgmlType::Q6K => {
+                type $B = BlockQ6K;
+                $body
+            }
+            $other => $fallback,
+        }
+    };
+}
+
 /// An element-wise gate activation, `gate[i] = act(gate[i]) · up[i]` (SwiGLU, GeGLU):
 /// the same values on any split of the two slices.
 pub type GateFn = fn(&mut [f32], &[f32]);
@@ -292,39 +342,9 @@ pub fn matmul_gated_with(
         assert_eq!(gate.len(), n_tokens * w_gate.rows, "output length");
         let mut acts = ActCache::default();
         let out = Out::new(gate);
-        let fused = match w_gate.ty {
-            GgmlType::Q4_0 => {
-                gated::<BlockQ4_0>(path, w_gate, w_up, x, n_tokens, out, &mut acts, tile)
-            }
-            GgmlType::Q4_1 => {
-                gated::<BlockQ4_1>(path, w_gate, w_up, x, n_tokens, out, &mut acts, tile)
-            }
-            GgmlType::Q5_0 => {
-                gated::<BlockQ5_0>(path, w_gate, w_up, x, n_tokens, out, &mut acts, tile)
-            }
-            GgmlType::Q5_1 => {
-                gated::<BlockQ5_1>(path, w_gate, w_up, x, n_tokens, out, &mut acts, tile)
-            }
-            GgmlType::Q8_0 => {
-                gated::<BlockQ8_0>(path, w_gate, w_up, x, n_tokens, out, &mut acts, tile)
-            }
-            GgmlType::Q2K => {
-                gated::<BlockQ2K>(path, w_gate, w_up, x, n_tokens, out, &mut acts, tile)
-            }
-            GgmlType::Q3K => {
-                gated::<BlockQ3K>(path, w_gate, w_up, x, n_tokens, out, &mut acts, tile)
-            }
-            GgmlType::Q4K => {
-                gated::<BlockQ4K>(path, w_gate, w_up, x, n_tokens, out, &mut acts, tile)
-            }
-            GgmlType::Q5K => {
-                gated::<BlockQ5K>(path, w_gate, w_up, x, n_tokens, out, &mut acts, tile)
-            }
-            GgmlType::Q6K => {
-                gated::<BlockQ6K>(path, w_gate, w_up, x, n_tokens, out, &mut acts, tile)
-            }
-            _ => None,
-        };
+        let fused = for_quant_block!(w_gate.ty, B => {
+            gated::<B>(path, w_gate, w_up, x, n_tokens, out, &mut acts, tile)
+        }, _ => None);
         if let Some(fused) = fused {
             run_prepared(&[fused]);
             return;
@@ -613,17 +633,7 @@ fn prepare<'a>(
     out: Out,
     acts: &mut ActCache,
 ) -> Prepared<'a> {
-    match w.ty {
-        GgmlType::Q4_0 => quantized::<BlockQ4_0>(path, w, x, n_tokens, out, acts),
-        GgmlType::Q4_1 => quantized::<BlockQ4_1>(path, w, x, n_tokens, out, acts),
-        GgmlType::Q5_0 => quantized::<BlockQ5_0>(path, w, x, n_tokens, out, acts),
-        GgmlType::Q5_1 => quantized::<BlockQ5_1>(path, w, x, n_tokens, out, acts),
-        GgmlType::Q8_0 => quantized::<BlockQ8_0>(path, w, x, n_tokens, out, acts),
-        GgmlType::Q2K => quantized::<BlockQ2K>(path, w, x, n_tokens, out, acts),
-        GgmlType::Q3K => quantized::<BlockQ3K>(path, w, x, n_tokens, out, acts),
-        GgmlType::Q4K => quantized::<BlockQ4K>(path, w, x, n_tokens, out, acts),
-        GgmlType::Q5K => quantized::<BlockQ5K>(path, w, x, n_tokens, out, acts),
-        GgmlType::Q6K => quantized::<BlockQ6K>(path, w, x, n_tokens, out, acts),
+    for_quant_block!(w.ty, B => quantized::<B>(path, w, x, n_tokens, out, acts), other => match other {
         GgmlType::F32 => {
             let wv = cast_floats::<f32>(w.data).expect("validated by WeightMatrix::new");
             let cols = w.cols;
@@ -662,7 +672,7 @@ fn prepare<'a>(
             })
         }
         other => unreachable!("WeightMatrix::new admits no {other} matrix"),
-    }
+    })
 }
 
 /// A row task from a per-(row, token) dot product.
