@@ -277,6 +277,8 @@ pub(crate) mod vnni {
                     for b in 0..bpr {
                         for i in 0..R {
                             let x = &w[i * bpr + b];
+                            // The first panel streams the rows in: ask for them ahead.
+                            crate::quant::prefetch_ahead(x);
                             $unpack(x, &mut q[i]);
                             spill(&mut q[i]);
                             let (s, m) = unpack_scale_min_k4(&x.scales);
@@ -358,6 +360,8 @@ pub(crate) mod vnni {
                     for b in 0..bpr {
                         for i in 0..R {
                             let x = &w[i * bpr + b];
+                            // The first panel streams the rows in: ask for them ahead.
+                            crate::quant::prefetch_ahead(x);
                             $unpack(x, &mut q[i]);
                             spill(&mut q[i]);
                             let $sx = x;
@@ -549,6 +553,8 @@ pub(crate) mod avx2 {
                     for b in 0..bpr {
                         for i in 0..R {
                             let x = &w[i * bpr + b];
+                            // The first panel streams the rows in: ask for them ahead.
+                            crate::quant::prefetch_ahead(x);
                             $unpack(x, &mut q[i]);
                             spill(&mut q[i]);
                             let (s, m) = unpack_scale_min_k4(&x.scales);
@@ -643,6 +649,8 @@ pub(crate) mod avx2 {
                     for b in 0..bpr {
                         for i in 0..R {
                             let x = &w[i * bpr + b];
+                            // The first panel streams the rows in: ask for them ahead.
+                            crate::quant::prefetch_ahead(x);
                             $unpack(x, &mut q[i]);
                             spill(&mut q[i]);
                             let $sx = x;
