@@ -95,11 +95,40 @@ fn quantize_blocks<B>(
     }
 }
 
+/// The Q8_0 (`with_s` false: `s` stays 0) or Q8_1 panel of float rows in one pass: each
+/// block quantized as [`quantize_row`](ActBlock::quantize_row) does and written
+/// straight into its lanes, the scales rounded through f16 as the blocks store them.
+fn quantize_panel(xs: &[&[f32]], with_s: bool) -> Q8Panel {
+    let n = super::panel::panel_shape(xs);
+    assert!(n.is_multiple_of(QK8), "whole blocks");
+    let mut p = Q8Panel::zeroed(n / QK8, xs.len());
+    #[cfg(target_arch = "x86_64")]
+    if super::KernelPath::Avx2.is_supported() {
+        // SAFETY: AVX2, FMA and F16C were just detected.
+        unsafe { avx2::quantize_panel(xs, with_s, &mut p) };
+        return p;
+    }
+    for (t, x) in xs.iter().enumerate() {
+        for (b, xb) in x.chunks_exact(QK8).enumerate() {
+            let mut q = [0i8; QK8];
+            let d = quantize_block(xb, &mut q);
+            let sum: i32 = q.iter().map(|&v| v as i32).sum();
+            let s = if with_s {
+                f16::from_f32(d * sum as f32).to_f32()
+            } else {
+                0.0
+            };
+            p.set(b, t, f16::from_f32(d).to_f32(), s, sum, &q);
+        }
+    }
+    p
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::QK8;
+    use super::{Q8Panel, QK8};
 
     /// [`super::quantize_block`] eight lanes at a time, with the same bits: the same
     /// IEEE max, divisions and multiplies; `cvtps_epi32` rounds to nearest even (the
@@ -117,6 +146,25 @@ mod avx2 {
             let xb: &[f32; QK8] = xb.try_into().expect("a 32-element block");
             let (d, sum) = quantize_block(xb, qs(ob));
             store(ob, d, sum);
+        }
+    }
+
+    /// [`super::quantize_panel`]'s loop, with the conversions inlined.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn quantize_panel(xs: &[&[f32]], with_s: bool, p: &mut Q8Panel) {
+        // f32 -> f16 -> f32: the value a stored f16 scale reads back as.
+        let via_f16 = |v: f32| {
+            let h = _mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(v));
+            _mm_cvtss_f32(_mm_cvtph_ps(h))
+        };
+        for (t, x) in xs.iter().enumerate() {
+            for (b, xb) in x.chunks_exact(QK8).enumerate() {
+                let xb: &[f32; QK8] = xb.try_into().expect("a 32-element block");
+                let mut q = [0i8; QK8];
+                let (d, sum) = quantize_block(xb, &mut q);
+                let s = if with_s { via_f16(d * sum as f32) } else { 0.0 };
+                p.set(b, t, via_f16(d), s, sum, &q);
+            }
         }
     }
 
@@ -174,6 +222,10 @@ impl ActBlock for BlockQ8_0 {
         Q8Panel::from_q8_0(rows)
     }
 
+    fn quantize_panel(xs: &[&[f32]]) -> Q8Panel {
+        quantize_panel(xs, false)
+    }
+
     fn quantize_row(x: &[f32], out: &mut [Self]) {
         quantize_blocks(x, out, |b| &mut b.qs, |b, d, _| b.d = f16::from_f32(d));
     }
@@ -185,6 +237,10 @@ impl ActBlock for BlockQ8_1 {
 
     fn build_panel(rows: &[&[Self]]) -> Q8Panel {
         Q8Panel::from_q8_1(rows)
+    }
+
+    fn quantize_panel(xs: &[&[f32]]) -> Q8Panel {
+        quantize_panel(xs, true)
     }
 
     fn quantize_row(x: &[f32], out: &mut [Self]) {
@@ -301,6 +357,51 @@ mod tests {
             let (db, sum) = unsafe { avx2::quantize_block(&x, &mut b) };
             assert_eq!((da.to_bits(), a), (db.to_bits(), b), "{x:?}");
             assert_eq!(sum, a.iter().map(|&q| q as i32).sum::<i32>(), "{x:?}");
+        }
+    }
+
+    /// The one-pass panels hold what quantizing the rows and building the panel gives.
+    #[test]
+    fn quantize_panel_equals_rows_then_panel() {
+        fn check<A: ActBlock<Panel = Q8Panel>>(xs: &[Vec<f32>]) {
+            let refs: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
+            let rows: Vec<Vec<A>> = xs
+                .iter()
+                .map(|x| {
+                    let mut r = vec![A::default(); x.len() / QK8];
+                    A::quantize_row(x, &mut r);
+                    r
+                })
+                .collect();
+            let row_refs: Vec<&[A]> = rows.iter().map(Vec::as_slice).collect();
+            let want = A::build_panel(&row_refs);
+            let got = A::quantize_panel(&refs);
+            assert_eq!(got.tokens, want.tokens);
+            assert_eq!(got.qs, want.qs);
+            assert_eq!(got.sum, want.sum);
+            let bits = |l: &[crate::quant::panel::Lanes<f32>]| {
+                l.iter()
+                    .flat_map(|v| v.0.map(f32::to_bits))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(bits(&got.d), bits(&want.d));
+            assert_eq!(bits(&got.s), bits(&want.s));
+        }
+        let mut seed = 99u64;
+        for tokens in [1usize, 5, 16] {
+            let xs: Vec<Vec<f32>> = (0..tokens)
+                .map(|t| {
+                    (0..96)
+                        .map(|i| match (t + i) % 29 {
+                            0 => 0.0,
+                            1 => 1e-30,
+                            _ => lcg(&mut seed) * 40.0,
+                        })
+                        .collect()
+                })
+                .collect();
+            check::<BlockQ8_0>(&xs);
+            check::<BlockQ8_1>(&xs);
         }
     }
 }

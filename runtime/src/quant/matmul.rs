@@ -862,46 +862,68 @@ impl ActCache {
     }
 }
 
-/// Up to 16 tokens' quantized rows and their panel, filled by one task.
-type Group<'r, A> = (&'r mut [A], Option<<A as ActBlock>::Panel>);
-
-/// Quantizes `n_tokens` rows of `cols` values, 16 tokens per task on the team (each
-/// task also builds its panel when `panels`).
+/// Quantizes `n_tokens` rows of `cols` values, 16 tokens per task on the team: for
+/// prompts straight into panels (`panels`), else into rows.
 fn quantize_acts<A: ActBlock>(x: &[f32], cols: usize, n_tokens: usize, panels: bool) -> Acts<A> {
+    let n_groups = n_tokens.div_ceil(PANEL_TOKENS);
+    let token_rows = |gi: usize| {
+        let first = gi * PANEL_TOKENS;
+        let last = (first + PANEL_TOKENS).min(n_tokens);
+        &x[first * cols..last * cols]
+    };
+    if panels {
+        let slots: Vec<Mutex<Option<A::Panel>>> = (0..n_groups).map(|_| Mutex::new(None)).collect();
+        on_team(n_groups, |gi| {
+            let xs: Vec<&[f32]> = token_rows(gi).chunks_exact(cols).collect();
+            let panel = A::quantize_panel(&xs);
+            *slots[gi].lock().unwrap_or_else(|e| e.into_inner()) = Some(panel);
+        });
+        let panels = slots
+            .into_iter()
+            .map(|s| {
+                let slot = s.into_inner().unwrap_or_else(|e| e.into_inner());
+                slot.expect("every group quantized")
+            })
+            .collect();
+        return Acts {
+            rows: Vec::new(),
+            panels,
+        };
+    }
     let apr = cols / A::BLOCK_ELEMS;
     let mut rows = vec![A::default(); apr * n_tokens];
-    let groups: Vec<Mutex<Group<A>>> = rows
+    let groups: Vec<Mutex<&mut [A]>> = rows
         .chunks_mut(apr * PANEL_TOKENS)
-        .map(|g| Mutex::new((g, None)))
+        .map(Mutex::new)
         .collect();
-    let work = |gi: usize| {
-        let mut g = groups[gi].lock().unwrap_or_else(|e| e.into_inner());
-        let (out, panel) = &mut *g;
-        let first = gi * PANEL_TOKENS;
-        let xs = &x[first * cols..(first + out.len() / apr) * cols];
-        for (xr, ar) in xs.chunks_exact(cols).zip(out.chunks_exact_mut(apr)) {
+    on_team(n_groups, |gi| {
+        let mut out = groups[gi].lock().unwrap_or_else(|e| e.into_inner());
+        for (xr, ar) in token_rows(gi)
+            .chunks_exact(cols)
+            .zip(out.chunks_exact_mut(apr))
+        {
             A::quantize_row(xr, ar);
         }
-        if panels {
-            let tokens: Vec<&[A]> = out.chunks_exact(apr).collect();
-            *panel = Some(A::build_panel(&tokens));
-        }
-    };
-    if groups.len() == 1 {
-        work(0);
-    } else {
-        let next = Chunks::new(groups.len(), 1);
-        Team::global().run(&|_| {
-            while let Some(r) = next.claim() {
-                r.for_each(work);
-            }
-        });
+    });
+    drop(groups);
+    Acts {
+        rows,
+        panels: Vec::new(),
     }
-    let panels = groups
-        .into_iter()
-        .filter_map(|g| g.into_inner().unwrap_or_else(|e| e.into_inner()).1)
-        .collect();
-    Acts { rows, panels }
+}
+
+/// Runs `work(i)` for `i` in `0..n` on the team (inline when there is one item).
+fn on_team(n: usize, work: impl Fn(usize) + Sync) {
+    if n <= 1 {
+        (0..n).for_each(&work);
+        return;
+    }
+    let next = Chunks::new(n, 1);
+    Team::global().run(&|_| {
+        while let Some(r) = next.claim() {
+            r.for_each(&work);
+        }
+    });
 }
 
 /// Prompts at least this long use the panel kernels (below, a panel's empty lanes

@@ -24,6 +24,21 @@ pub trait ActBlock: Copy + Default + Send + Sync + 'static {
     /// Builds a panel from 1..=[`PANEL_TOKENS`] quantized rows of equal length; the
     /// lanes of missing tokens hold zeros.
     fn build_panel(rows: &[&[Self]]) -> Self::Panel;
+    /// The panel of 1..=[`PANEL_TOKENS`] float rows of equal length: the same as
+    /// quantizing each row and building the panel from them (types may do it in one
+    /// pass, without the rows).
+    fn quantize_panel(xs: &[&[f32]]) -> Self::Panel {
+        let rows: Vec<Vec<Self>> = xs
+            .iter()
+            .map(|x| {
+                let mut row = vec![Self::default(); x.len() / Self::BLOCK_ELEMS];
+                Self::quantize_row(x, &mut row);
+                row
+            })
+            .collect();
+        let refs: Vec<&[Self]> = rows.iter().map(Vec::as_slice).collect();
+        Self::build_panel(&refs)
+    }
 }
 
 /// Tokens per activation panel: the 16 i32 lanes of an AVX-512 register (two AVX2

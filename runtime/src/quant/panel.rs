@@ -101,25 +101,37 @@ impl Q8Panel {
     /// `parts(block)` gives a block's `d`, `s` (if any) and quants.
     fn build<B>(rows: &[&[B]], parts: impl Fn(&B) -> (f16, Option<f16>, &[i8; QK8])) -> Self {
         let blocks = panel_shape(rows);
-        let mut p = Q8Panel {
+        let mut p = Q8Panel::zeroed(blocks, rows.len());
+        for (t, row) in rows.iter().enumerate() {
+            for (b, block) in row.iter().enumerate() {
+                let (d, s, q) = parts(block);
+                let sum = q.iter().map(|&v| v as i32).sum();
+                p.set(b, t, d.to_f32(), s.map_or(0.0, f16::to_f32), sum, q);
+            }
+        }
+        p
+    }
+
+    /// A panel of `blocks` blocks per token for `tokens` tokens, all zeros.
+    pub(crate) fn zeroed(blocks: usize, tokens: usize) -> Self {
+        Q8Panel {
             qs: vec![Lanes::default(); blocks * GROUPS],
             d: vec![Lanes::default(); blocks],
             s: vec![Lanes::default(); blocks],
             sum: vec![Lanes::default(); blocks],
-            tokens: rows.len(),
-        };
-        for (t, row) in rows.iter().enumerate() {
-            for (b, block) in row.iter().enumerate() {
-                let (d, s, q) = parts(block);
-                p.d[b].0[t] = d.to_f32();
-                p.s[b].0[t] = s.map_or(0.0, f16::to_f32);
-                p.sum[b].0[t] = q.iter().map(|&v| v as i32).sum();
-                for g in 0..GROUPS {
-                    p.qs[b * GROUPS + g].0[t].copy_from_slice(&q[4 * g..4 * g + 4]);
-                }
-            }
+            tokens,
         }
-        p
+    }
+
+    /// Token `t`'s block `b`: scale `d`, Q8_1 `s` (0 for Q8_0), `Σq` and the quants.
+    #[inline(always)]
+    pub(crate) fn set(&mut self, b: usize, t: usize, d: f32, s: f32, sum: i32, q: &[i8; QK8]) {
+        self.d[b].0[t] = d;
+        self.s[b].0[t] = s;
+        self.sum[b].0[t] = sum;
+        for (g, four) in q.chunks_exact(4).enumerate() {
+            self.qs[b * GROUPS + g].0[t].copy_from_slice(four);
+        }
     }
 
     pub fn from_q8_0(rows: &[&[BlockQ8_0]]) -> Self {
