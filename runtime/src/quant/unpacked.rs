@@ -273,8 +273,8 @@ pub(crate) mod x86 {
 
     /// AVX2: two rows per pass, tokens 0..8 and 8..16 as two ymm halves; `maddubs`
     /// (u8 × i8 → i16 pairs) and `madd` with ones stand in for `vpdpbusd`. A pair is at
-    /// most 2·31·127 = 7874, so four groups fit an i16 sum (eight for 4-bit quants,
-    /// which this kernel does not rely on).
+    /// most 2·31·127 = 7874, so four groups fit an i16 sum, and all eight for 4-bit
+    /// quants (2·15·127 = 3810 a pair).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub fn panel_dot_avx2(u: &UnpackedRows, p: &Q8Panel, out: &mut [[f32; PANEL_TOKENS]]) {
         #[target_feature(enable = "avx2,fma,f16c")]
@@ -287,6 +287,8 @@ pub(crate) mod x86 {
             out: &mut [[f32; PANEL_TOKENS]],
         ) {
             let ones = _mm256_set1_epi16(1);
+            // 4-bit quants: eight groups fit one i16 sum (8 · 2·15·127 = 30480).
+            let four_bit = u.max_quant <= 15;
             let mut acc = [[_mm256_setzero_ps(); 2]; R];
             if blocks.start > 0 {
                 for (a, o) in acc.iter_mut().zip(&out[r0..r0 + R]) {
@@ -319,14 +321,20 @@ pub(crate) mod x86 {
                         let r = r0 + i;
                         let q = &u.q[b * u.rows + r].0;
                         let w = |g: usize| _mm256_set1_epi32(group(q, g));
-                        let quad = |g0: usize| {
+                        // i16 sums of `n` groups from `g0`, widened to i32.
+                        let groups = |g0: usize, n: usize| {
                             let mut s = _mm256_maddubs_epi16(w(g0), a[g0]);
-                            for (g, ag) in a.iter().enumerate().skip(g0 + 1).take(3) {
+                            for (g, ag) in a.iter().enumerate().skip(g0 + 1).take(n - 1) {
                                 s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w(g), *ag));
                             }
                             _mm256_madd_epi16(s, ones)
                         };
-                        let s = _mm256_add_epi32(base, _mm256_add_epi32(quad(0), quad(4)));
+                        let dot = if four_bit {
+                            groups(0, GROUPS)
+                        } else {
+                            _mm256_add_epi32(groups(0, 4), groups(4, 4))
+                        };
+                        let s = _mm256_add_epi32(base, dot);
                         let dw = _mm256_set1_ps(u.d[b * u.rows + r]);
                         acc[h] =
                             _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(da, dw), acc[h]);
