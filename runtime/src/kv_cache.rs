@@ -26,6 +26,9 @@ pub struct KvCache {
     n_tiles: usize,
     keys: Vec<Vec<f16>>,
     values: Vec<Vec<f16>>,
+    /// One token's keys rounded to fp16 on their way into the tiles (kept to avoid an
+    /// allocation per store).
+    key_row: Vec<f16>,
 }
 
 impl KvCache {
@@ -53,6 +56,7 @@ impl KvCache {
             head_dim: hp.head_dim,
             kv_dim_v: hp.kv_dim_v(),
             n_tiles,
+            key_row: vec![f16::ZERO; hp.kv_dim()],
             keys: (0..hp.n_layer).map(|_| vec![f16::ZERO; k_len]).collect(),
             values: (0..hp.n_layer).map(|_| vec![f16::ZERO; v_len]).collect(),
         })
@@ -100,10 +104,10 @@ impl KvCache {
         let hd = self.head_dim;
         let kv_dim = self.n_head_kv * hd;
         let keys = &mut self.keys[layer];
-        let mut row16 = vec![f16::ZERO; kv_dim];
+        let row16 = &mut self.key_row;
         for (t, row) in k.chunks_exact(kv_dim).enumerate() {
             let pos = self.len + t;
-            f32_to_f16_row(row, &mut row16);
+            f32_to_f16_row(row, row16);
             for (h, head) in row16.chunks_exact(hd).enumerate() {
                 let tile = (h * self.n_tiles + pos / KEY_TILE) * hd * KEY_TILE;
                 let lane = pos % KEY_TILE;

@@ -288,21 +288,23 @@ unsafe fn run_task(ctx: &TaskContext, task: &Task, out: AttOut, s: &mut Scratch)
             (ctx.kernels.softmax)(&mut s.scores[row + lo..row + hi]);
         }
         for h0 in (0..n_heads).step_by(HEADS_PER_SUM) {
-            let h1 = (h0 + HEADS_PER_SUM).min(n_heads);
-            let p: Vec<&[f32]> = (h0..h1)
-                .map(|hi_| {
-                    let row = (ti * n_heads + hi_) * span;
+            let n = (h0 + HEADS_PER_SUM).min(n_heads) - h0;
+            // Fixed-size arrays: no allocation per token (this runs per decoded token).
+            let p: [&[f32]; HEADS_PER_SUM] = std::array::from_fn(|k| {
+                let row = (ti * n_heads + h0 + k) * span;
+                if k < n {
                     &s.scores[row + lo..row + hi]
-                })
-                .collect();
-            let mut outs: Vec<&mut [f32]> = (h0..h1)
-                .map(|hi_| {
-                    let h = task.heads.start + hi_;
-                    // SAFETY: head `h` of token `t` belongs to this task only.
-                    unsafe { out.slice((t * hp.n_head + h) * hdv, hdv) }
-                })
-                .collect();
-            (ctx.kernels.weighted_sum)(&p, ctx.values, vis.start, &mut outs);
+                } else {
+                    &[]
+                }
+            });
+            let mut outs: [&mut [f32]; HEADS_PER_SUM] = Default::default();
+            for (k, o) in outs.iter_mut().enumerate().take(n) {
+                let h = task.heads.start + h0 + k;
+                // SAFETY: head `h` of token `t` belongs to this task only.
+                *o = unsafe { out.slice((t * hp.n_head + h) * hdv, hdv) };
+            }
+            (ctx.kernels.weighted_sum)(&p[..n], ctx.values, vis.start, &mut outs[..n]);
         }
     }
 }

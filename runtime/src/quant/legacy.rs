@@ -140,9 +140,11 @@ macro_rules! panel_kernel {
                 KernelPath::Avx512Vnni => unsafe { unpacked::x86::$unpack(w, bpr, out) },
                 // SAFETY: as above.
                 #[cfg(target_arch = "x86_64")]
-                KernelPath::Avx2 if <Self as unpacked::Unpackable>::MAX_QUANT <= 31 => unsafe {
-                    unpacked::x86::$unpack(w, bpr, out)
-                },
+                KernelPath::Avx2
+                    if unpacked::x86::avx2_takes_quants(
+                        <Self as unpacked::Unpackable>::MAX_QUANT,
+                    ) =>
+                unsafe { unpacked::x86::$unpack(w, bpr, out) },
                 _ => return false,
             }
             true

@@ -268,7 +268,12 @@ pub(crate) mod x86 {
     /// Whether [`panel_dot_avx2`] takes these rows: its i16 sums hold 4- and 5-bit
     /// quants only (Q8_0 keeps its sign-trick panel kernel).
     pub fn avx2_takes(u: &UnpackedRows) -> bool {
-        u.max_quant <= 31
+        avx2_takes_quants(u.max_quant)
+    }
+
+    /// [`avx2_takes`] for a type whose largest quant is `max_quant`.
+    pub const fn avx2_takes_quants(max_quant: u8) -> bool {
+        max_quant <= 31
     }
 
     /// AVX2: two rows per pass, tokens 0..8 and 8..16 as two ymm halves; `maddubs`
