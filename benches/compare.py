@@ -13,7 +13,11 @@ each round so that machine noise spreads evenly:
   bandwidth ceiling    2-thread read bandwidth / weight bytes read per token
 
   python3 benches/compare.py [--rounds 3] [--threads 2] [--out target/compare.json]
-                             [--models smollm2,gemma3] [--skip-build]
+                             [--models smollm2,gemma3] [--skip-build] [--isa avx2]
+
+--isa avx2 measures every runtime as it would run on a CPU with AVX2 but without
+AVX-512 and AVX-VNNI (an AMD Zen 3, say): the anchors are built with those extensions
+switched off (a separate cached build) and smq runs with SMQ_KERNEL_PATH=avx2.
 
 Environment: SMQ_ANCHORS_DIR (default ~/.cache/smq-anchors) holds the anchor builds;
 CARGO_TARGET_DIR is honoured for the smq build. Standard library only.
@@ -49,15 +53,29 @@ MODELS = {
 # every other respect (AVX-512, VNNI, BF16, tuning). Harmless on CPUs without AMX.
 NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 
-COMMON_CMAKE_FLAGS = [
-    "-DCMAKE_BUILD_TYPE=Release",
-    "-DGGML_NATIVE=ON",
-    "-DCMAKE_C_FLAGS=" + NO_AMX,
-    "-DCMAKE_CXX_FLAGS=" + NO_AMX,
-    "-DLLAMA_CURL=OFF",
-    "-DLLAMA_BUILD_TESTS=OFF",
-    "-DLLAMA_BUILD_SERVER=OFF",
-]
+# --isa avx2: also no AVX-512 (every AVX-512 subset depends on avx512f) and no 256-bit
+# VNNI (ggml uses it in its AVX2 dot products when the compiler may).
+NO_AVX512 = "-mno-avx512f -mno-avxvnni"
+
+# Instruction-set limits: (extra compiler flags for the anchors, smq's kernel path).
+ISAS = {
+    "native": ("", None),
+    "avx2": (NO_AVX512, "avx2"),
+}
+
+
+def common_cmake_flags(isa):
+    cflags = " ".join(f for f in (NO_AMX, ISAS[isa][0]) if f)
+    return [
+        "-DCMAKE_BUILD_TYPE=Release",
+        "-DGGML_NATIVE=ON",
+        "-DCMAKE_C_FLAGS=" + cflags,
+        "-DCMAKE_CXX_FLAGS=" + cflags,
+        "-DLLAMA_CURL=OFF",
+        "-DLLAMA_BUILD_TESTS=OFF",
+        "-DLLAMA_BUILD_SERVER=OFF",
+    ]
+
 
 ANCHORS = {
     "llama.cpp": {
@@ -69,7 +87,7 @@ ANCHORS = {
         # Conversation mode is on by default when the model has a chat template.
         "ttft_args": ["-no-cnv", "--no-warmup"],
         "targets": ["llama-bench", "llama-completion"],
-        "cmake": COMMON_CMAKE_FLAGS + ["-DLLAMA_OPENSSL=OFF"],
+        "extra_cmake": ["-DLLAMA_OPENSSL=OFF"],
     },
     "ik_llama.cpp": {
         "package": "ik-llama-cpp-python",
@@ -79,7 +97,7 @@ ANCHORS = {
         # This llama-cli runs without conversation mode unless -cnv is given.
         "ttft_args": ["--no-warmup"],
         "targets": ["llama-bench", "llama-cli"],
-        "cmake": COMMON_CMAKE_FLAGS,
+        "extra_cmake": [],
     },
 }
 
@@ -216,26 +234,33 @@ def write_build_info(tree):
         f.write(text)
 
 
-def build_anchor(name, spec, skip_build):
+def anchor_cmake_flags(spec, isa):
+    return common_cmake_flags(isa) + spec["extra_cmake"]
+
+
+def build_anchor(name, spec, isa, skip_build):
     """Returns {'bin': dir, 'cmake_flags': [...]} or raises with the reason."""
     root = anchors_dir()
-    build = os.path.join(root, f"{name}-{spec['version']}", "build")
+    flags = anchor_cmake_flags(spec, isa)
+    # Each instruction-set limit has its own build tree, so switching costs no rebuild.
+    suffix = "" if isa == "native" else f"-{isa}"
+    build = os.path.join(root, f"{name}-{spec['version']}", "build" + suffix)
     stamp_path = os.path.join(build, "smq-compare-stamp.json")
-    stamp = {"cmake_flags": spec["cmake"], "targets": spec["targets"]}
+    stamp = {"cmake_flags": flags, "targets": spec["targets"]}
     bindir = os.path.join(build, "bin")
     have = all(os.path.exists(os.path.join(bindir, t)) for t in spec["targets"])
     if have and os.path.exists(stamp_path):
         with open(stamp_path) as f:
             if json.load(f) == stamp:
-                return {"bin": bindir, "cmake_flags": spec["cmake"], "cached": True}
+                return {"bin": bindir, "cmake_flags": flags, "cached": True}
     if skip_build:
         raise RuntimeError(f"--skip-build given but no cached build in {build}")
     cmake = ensure_cmake()
     tree = fetch_source(name, spec, root)
     write_build_info(tree)
     os.makedirs(build, exist_ok=True)
-    log(f"[{name}] configuring: {' '.join(spec['cmake'])}")
-    run([cmake, "-S", tree, "-B", build] + spec["cmake"])
+    log(f"[{name}] configuring: {' '.join(flags)}")
+    run([cmake, "-S", tree, "-B", build] + flags)
     log(f"[{name}] building {', '.join(spec['targets'])} (-j2; takes a while)")
     run(
         [cmake, "--build", build, "--config", "Release", "-j2", "--target"]
@@ -243,7 +268,7 @@ def build_anchor(name, spec, skip_build):
     )
     with open(stamp_path, "w") as f:
         json.dump(stamp, f)
-    return {"bin": bindir, "cmake_flags": spec["cmake"], "cached": False}
+    return {"bin": bindir, "cmake_flags": flags, "cached": False}
 
 
 # ---------------------------------------------------------------- smq and models
@@ -402,6 +427,46 @@ def rss_cmd(label, binaries, model, threads, extra):
             "-n", str(RSS_GEN), "-r", "1"] + extra
 
 
+def write_probe(path, nbytes):
+    """Seconds to write nbytes in 8 MB writes and fsync them: what this disk allows."""
+    chunk = b"\x5a" * (8 << 20)
+    start = time.perf_counter()
+    with open(path, "wb") as f:
+        left = nbytes
+        while left > 0:
+            left -= f.write(chunk[:min(left, len(chunk))])
+        f.flush()
+        os.fsync(f.fileno())
+    return time.perf_counter() - start
+
+
+def import_speed(smq, gguf, workdir):
+    """smq import of a GGUF already in the page cache, beside a plain write of the same
+    size: GB/s of the source read, and GB/s the disk took for the output alone.
+
+    The import ends with an fsync (its output is durable before it is renamed into
+    place), so on a slow disk the write bounds it; the probe shows that bound.
+    """
+    warm_page_cache(gguf)
+    dest = os.path.join(workdir, "import-probe.smq")
+    probe = os.path.join(workdir, "write-probe.bin")
+    # Each timed write starts with no earlier write-back or deletion still in flight.
+    for path in (dest, probe):
+        if os.path.exists(path):
+            os.remove(path)
+    os.sync()
+    wall, _, _ = checked([smq, "import", gguf, "-o", dest, "--force"], "smq import")
+    written = os.path.getsize(dest)
+    os.remove(dest)
+    os.sync()
+    disk = write_probe(probe, written)
+    os.remove(probe)
+    os.sync()
+    return {"import_gb_s": os.path.getsize(gguf) / wall / 1e9,
+            "write_gb_s": written / disk / 1e9, "source_mb": os.path.getsize(gguf) / 1e6,
+            "written_mb": written / 1e6}
+
+
 def warm_page_cache(path):
     with open(path, "rb") as f:
         while f.read(1 << 24):
@@ -555,6 +620,9 @@ def render_table(report):
     lines = []
     lines.append(f"cpu: {report['cpu']} ({os.cpu_count()} CPUs; "
                  f"{' '.join(report['cpu_flags'])})")
+    if report.get("isa", "native") != "native":
+        lines.append(f"instruction sets limited to {report['isa']}: anchors built with "
+                     f"{ISAS[report['isa']][0]}, smq SMQ_KERNEL_PATH={ISAS[report['isa']][1]}")
     lines.append(
         f"smq kernel path: {report.get('smq_kernel_path') or '?'} | threads: "
         f"{report['threads']} | rounds: {report['rounds']} | values: median (min-max)")
@@ -586,6 +654,13 @@ def render_table(report):
                 f"{fmt_cell(s.get('tg64')):>22} {ttft:>8} {rss:>7} {pct:>7}")
             for err in r["errors"]:
                 lines.append(f"    FAILED {err}")
+        imp = report.get("import", {}).get(name)
+        if imp:
+            lines.append(
+                f"smq import: {fmt_cell(imp['import_gb_s'], 2)} GB/s of the "
+                f"{imp['source_mb']:.0f} MB source (page cache), {imp['written_mb']:.0f} MB "
+                f"written and fsynced; the same write alone: "
+                f"{fmt_cell(imp['write_gb_s'], 2)} GB/s")
         for kind, what in (("ratios", "medians"), ("ratios_best_round", "best rounds")):
             for anchor_label, rr in report[kind][name].items():
                 parts = []
@@ -612,7 +687,14 @@ def main():
                     help="which reference runtimes to build and run")
     ap.add_argument("--skip-build", action="store_true",
                     help="use the cached anchor builds and the existing smq binary")
+    ap.add_argument("--isa", choices=list(ISAS), default="native",
+                    help="avx2: every runtime limited to AVX2 (no AVX-512, no AVX-VNNI), "
+                         "as on a CPU without them")
     args = ap.parse_args()
+    kernel_path = ISAS[args.isa][1]
+    if kernel_path:
+        # Inherited by every smq process of the run (bench, run, import).
+        os.environ["SMQ_KERNEL_PATH"] = kernel_path
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in names if m not in MODELS]
     if unknown or not names or args.rounds < 1 or args.threads < 1:
@@ -630,6 +712,7 @@ def main():
         "compiler": compiler_version(),
         "threads": args.threads,
         "rounds": args.rounds,
+        "isa": args.isa,
         "anchors": {},
         "method": {
             "speed": "anchors: llama-bench -p 128,512 -n 64 -r 1 -o json (plus -rtr 0|1 "
@@ -659,9 +742,10 @@ def main():
         if name not in selected:
             continue
         entry = {"package": f"{spec['package']}=={spec['version']}",
-                 "cmake_flags": spec["cmake"], "targets": spec["targets"]}
+                 "cmake_flags": anchor_cmake_flags(spec, args.isa),
+                 "targets": spec["targets"]}
         try:
-            built = build_anchor(name, spec, args.skip_build)
+            built = build_anchor(name, spec, args.isa, args.skip_build)
             entry.update(built)
             binaries[name] = {"bench": os.path.join(built["bin"], "llama-bench"),
                               "ttft": os.path.join(built["bin"], spec["ttft_tool"])}
@@ -689,6 +773,7 @@ def main():
                         f"{anchor} did not build: {report['anchors'][anchor]['error'][:300]}")
         report["load_before_round"] = []
         bandwidth_rounds = []
+        import_rounds = {n: [] for n in names}
         for rnd in range(args.rounds):
             load1 = os.getloadavg()[0]
             report["load_before_round"].append(load1)
@@ -696,6 +781,11 @@ def main():
                 busy = ", ".join(busy_processes()) or "none visible now"
                 log(f"WARNING: 1-min load {load1:.2f} on {os.cpu_count()} CPUs before "
                     f"round {rnd + 1}; other jobs are running ({busy}); numbers are noisy")
+            for n in names:
+                try:
+                    import_rounds[n].append(import_speed(binaries["smq"], ggufs[n], workdir))
+                except Exception as e:  # noqa: BLE001
+                    report["errors"].append(f"import of {n}, round {rnd + 1}: {e}")
             try:
                 bandwidth_rounds.append(bandwidth_probe())
             except Exception as e:  # noqa: BLE001
@@ -730,6 +820,13 @@ def main():
                 f"the bandwidth probe used {bw['threads']} threads, the runs "
                 f"{args.threads}; the ceiling is for {bw['threads']} threads")
         report["bandwidth"] = bw
+    report["import"] = {}
+    for n, rounds in import_rounds.items():
+        if rounds:
+            report["import"][n] = {
+                "source_mb": rounds[0]["source_mb"], "written_mb": rounds[0]["written_mb"],
+                "import_gb_s": summary([r["import_gb_s"] for r in rounds]),
+                "write_gb_s": summary([r["write_gb_s"] for r in rounds])}
     report["ceilings_tok_s"] = {}
     for n in names:
         mb = report.get("bandwidth", {}).get("weights_mb", {}).get(n)
