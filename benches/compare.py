@@ -717,7 +717,11 @@ def main():
         "method": {
             "speed": "anchors: llama-bench -p 128,512 -n 64 -r 1 -o json (plus -rtr 0|1 "
                      "for ik_llama.cpp); smq: smq bench -p 128 -n 64 -r 1 --json and "
-                     "-p 512; one repetition per round, runtimes alternate in each round",
+                     "-p 512; both warm up with one untimed prompt of the same length and "
+                     "one generated token (their default); one repetition per round, "
+                     "runtimes alternate in each round",
+            "import": "smq import of the GGUF (page cache) to a new file, GB/s of the "
+                      "source; beside it a plain 8 MB-write + fsync of the same size",
             "ttft": "wall time from spawning a process to its exit; it loads the model "
                     "(file already in the page cache), evaluates the prompt below, "
                     "generates exactly 1 token (greedy) and exits; context "

@@ -289,6 +289,10 @@ pub struct BenchArgs {
     /// Repetitions (medians are reported)
     #[arg(short = 'r', long, default_value_t = 3)]
     pub repetitions: usize,
+    /// Skip the untimed warm-up (one pp pass of -p tokens and one generated token, after
+    /// the time-to-first-token pass) that first sizes the buffers of a batch this long
+    #[arg(long)]
+    pub no_warmup: bool,
     /// Then profile one more pp pass of -p tokens and one more tg pass of -n tokens:
     /// per-op milliseconds, share and calls per token (embedding, norms, Q/K/V, QK-norm + RoPE, KV store, attention, output
     /// projection, gate/up, GLU, down projection, residual adds, final norm + LM head),

@@ -40,6 +40,15 @@ pub fn run(args: &BenchArgs, process_start: Instant) -> CliResult {
     let _first = argmax(logits);
     let ttft_ms = ms(process_start);
 
+    // Warm-up, as llama-bench does by default: the first batch of a new length pays
+    // for its buffers' first touch, which is not what a repetition should measure.
+    if !args.no_warmup {
+        session.reset();
+        session.eval(&prompt(args.n_prompt))?;
+        session.reset();
+        session.eval(&prompt(1))?;
+    }
+
     let mut pp = Vec::new();
     let mut tg = Vec::new();
     let mut latencies = Vec::new();
