@@ -328,33 +328,54 @@ mod avx2 {
         out: *mut f32,
         stride: usize,
     ) {
-        let mut i = 0;
-        // SAFETY (all calls): query block `i..i + N` is in range per the contract.
-        unsafe {
-            while i + 4 <= nq {
-                block::<4>(qs.add(i * dk), dk, tile, scale, out.add(i * stride), stride);
-                i += 4;
+        // The tile in f32 once for all the task's queries: a conversion costs two
+        // of the three vector ports' slots here, more than the multiply-adds it feeds.
+        KEYS_F32.with_borrow_mut(|keys| {
+            keys.resize(dk * KEY_TILE, 0.0);
+            let k = keys.as_mut_ptr();
+            let mut i = 0;
+            // SAFETY (all calls): the tile holds `dk * 16` values and `keys` as many;
+            // query block `i..i + N` is in range per the contract.
+            unsafe {
+                for c in (0..dk * KEY_TILE).step_by(8) {
+                    _mm256_storeu_ps(
+                        k.add(c),
+                        _mm256_cvtph_ps(_mm_loadu_si128(tile.add(c).cast())),
+                    );
+                }
+                while i + 6 <= nq {
+                    block::<6>(qs.add(i * dk), dk, k, scale, out.add(i * stride), stride);
+                    i += 6;
+                }
+                let (q, o) = (qs.add(i * dk), out.add(i * stride));
+                match nq - i {
+                    1 => block::<1>(q, dk, k, scale, o, stride),
+                    2 => block::<2>(q, dk, k, scale, o, stride),
+                    3 => block::<3>(q, dk, k, scale, o, stride),
+                    4 => block::<4>(q, dk, k, scale, o, stride),
+                    5 => block::<5>(q, dk, k, scale, o, stride),
+                    _ => {}
+                }
             }
-            let (q, o) = (qs.add(i * dk), out.add(i * stride));
-            match nq - i {
-                1 => block::<1>(q, dk, tile, scale, o, stride),
-                2 => block::<2>(q, dk, tile, scale, o, stride),
-                3 => block::<3>(q, dk, tile, scale, o, stride),
-                _ => {}
-            }
-        }
+        });
     }
 
-    /// Scores of `N` queries: two ymm of 8 positions per query.
+    thread_local! {
+        /// The key tile being scored, in f32.
+        static KEYS_F32: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// Scores of `N` queries: two ymm of 8 positions per query (six queries fill 12 of
+    /// the 16 registers with accumulators).
     ///
     /// # Safety
-    /// As [`scores_checked`] with `nq = N`.
+    /// As [`scores_checked`] with `nq = N`, `keys` the tile in f32.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     unsafe fn block<const N: usize>(
         q: *const f32,
         dk: usize,
-        tile: *const f16,
+        keys: *const f32,
         scale: f32,
         out: *mut f32,
         stride: usize,
@@ -363,9 +384,9 @@ mod avx2 {
         for d in 0..dk {
             // SAFETY: row `d` of the tile and dimension `d` of each query are in range.
             unsafe {
-                let row = tile.add(d * KEY_TILE);
-                let k0 = _mm256_cvtph_ps(_mm_loadu_si128(row.cast()));
-                let k1 = _mm256_cvtph_ps(_mm_loadu_si128(row.add(8).cast()));
+                let row = keys.add(d * KEY_TILE);
+                let k0 = _mm256_loadu_ps(row);
+                let k1 = _mm256_loadu_ps(row.add(8));
                 for (i, a) in acc.iter_mut().enumerate() {
                     let qd = splat(*q.add(i * dk + d));
                     a[0] = _mm256_fmadd_ps(qd, k0, a[0]);
