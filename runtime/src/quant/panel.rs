@@ -68,6 +68,20 @@ pub(crate) fn check_rows(w_blocks: usize, bpr: usize, out: &mut [[f32; PANEL_TOK
     bpr > 0
 }
 
+/// `dot[t] += Σ_k w[k] · a[t][k]`: one group of four weight quants against the same
+/// four elements of every token lane, the step of the portable panel kernels (exact
+/// integers, so the order of the steps does not matter).
+#[inline(always)]
+pub(crate) fn dot_group(w: &[i8], a: &Lanes<[i8; 4]>, dot: &mut [i32; PANEL_TOKENS]) {
+    let w: [i32; 4] = std::array::from_fn(|k| i32::from(w[k]));
+    for (d, a) in dot.iter_mut().zip(&a.0) {
+        *d += w[0] * i32::from(a[0])
+            + w[1] * i32::from(a[1])
+            + w[2] * i32::from(a[2])
+            + w[3] * i32::from(a[3]);
+    }
+}
+
 /// The row loop of every panel kernel: `$pass::<R>(rows, bpr, panel, out)` over passes
 /// of `$per_pass` rows (independent accumulation chains sharing each activation load),
 /// then over the leftover rows one at a time.
