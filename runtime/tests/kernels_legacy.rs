@@ -5,8 +5,8 @@
 //! Tolerances: SIMD paths sum the same exact per-block integer dot products as the
 //! reference in a different float order, so they must agree to
 //! `1e-5 * Σ|w_i a_i| + 1e-6` (Σ over dequantized weight × activation magnitudes).
-//! Prompt (panel) kernels follow one rule on every path: the SIMD ones must give the
-//! scalar panel kernel's bits exactly.
+//! Prompt (panel) kernels and float-row dots follow one rule on every path: the SIMD
+//! ones must give the scalar kernels' bits exactly.
 
 use half::{bf16, f16};
 use smq_format::GgmlType;
@@ -398,7 +398,7 @@ fn real_blocks_dequantize_like_gguf_py_and_simd_matches() {
 #[test]
 fn float_dots_match_reference() {
     let mut r = Rng(99);
-    for n in [1usize, 7, 8, 31, 32, 33, 100, 576] {
+    for n in [1usize, 7, 8, 31, 32, 33, 39, 40, 63, 64, 71, 100, 576, 1003] {
         let w: Vec<f32> = (0..n).map(|_| r.f()).collect();
         let x: Vec<f32> = (0..n).map(|_| r.f() * 4.0).collect();
         let scale = magnitude(&w, &x);
@@ -414,10 +414,27 @@ fn float_dots_match_reference() {
         // The references themselves: f16 / bf16 rounding of both operands.
         assert!(((r16 - r32) as f64).abs() <= 2e-3 * scale + 1e-6);
         assert!(((rb - r32) as f64).abs() <= 1.6e-2 * scale + 1e-6);
+        let scalar = [
+            float::dot_f32(KernelPath::Scalar, &w, &x),
+            float::dot_f16(KernelPath::Scalar, &w16, &x16),
+            float::dot_bf16(KernelPath::Scalar, &wb, &xb),
+        ];
         for p in KernelPath::supported() {
-            assert_close(float::dot_f32(p, &w, &x), r32, scale, "f32");
-            assert_close(float::dot_f16(p, &w16, &x16), r16, scale, "f16");
-            assert_close(float::dot_bf16(p, &wb, &xb), rb, scale, "bf16");
+            let got = [
+                float::dot_f32(p, &w, &x),
+                float::dot_f16(p, &w16, &x16),
+                float::dot_bf16(p, &wb, &xb),
+            ];
+            assert_close(got[0], r32, scale, "f32");
+            assert_close(got[1], r16, scale, "f16");
+            assert_close(got[2], rb, scale, "bf16");
+            // One summation order on every path: the scalar path's bits.
+            assert_eq!(
+                got.map(f32::to_bits),
+                scalar.map(f32::to_bits),
+                "{} n={n}: f32, f16, bf16",
+                p.name()
+            );
         }
     }
 }
