@@ -17,7 +17,7 @@
 use half::f16;
 
 use super::act::QK8;
-use super::panel::{check_rows, dot_group, Q8Panel, GROUPS};
+use super::panel::{check_rows, LaneDots, Q8Panel, GROUPS};
 use super::PANEL_TOKENS;
 
 /// A legacy weight block as the panel rule reads it.
@@ -45,10 +45,11 @@ pub(crate) fn panel_dot<B: PanelBlock>(w: &[B], p: &Q8Panel, out: &mut [[f32; PA
         let mut acc = [0.0f32; PANEL_TOKENS];
         for (b, blk) in row.iter().enumerate() {
             let q = blk.quants();
-            let mut isum = [0i32; PANEL_TOKENS];
+            let mut dots = LaneDots::new();
             for (w4, a) in q.chunks_exact(4).zip(&p.qs[b * GROUPS..(b + 1) * GROUPS]) {
-                dot_group(w4, a, &mut isum);
+                dots.add(w4, a);
             }
+            let isum = dots.per_token();
             let dw = blk.scale().to_f32();
             for ((acc, &s), &da) in acc.iter_mut().zip(&isum).zip(&p.d[b].0) {
                 *acc = (s as f32).mul_add(da * dw, *acc);

@@ -68,17 +68,39 @@ pub(crate) fn check_rows(w_blocks: usize, bpr: usize, out: &mut [[f32; PANEL_TOK
     bpr > 0
 }
 
-/// `dot[t] += Σ_k w[k] · a[t][k]`: one group of four weight quants against the same
-/// four elements of every token lane, the step of the portable panel kernels (exact
-/// integers, so the order of the steps does not matter).
-#[inline(always)]
-pub(crate) fn dot_group(w: &[i8], a: &Lanes<[i8; 4]>, dot: &mut [i32; PANEL_TOKENS]) {
-    let w: [i32; 4] = std::array::from_fn(|k| i32::from(w[k]));
-    for (d, a) in dot.iter_mut().zip(&a.0) {
-        *d += w[0] * i32::from(a[0])
-            + w[1] * i32::from(a[1])
-            + w[2] * i32::from(a[2])
-            + w[3] * i32::from(a[3]);
+/// Exact integer dot products of weight quants with the token lanes of a panel, for
+/// the portable panel kernels. A group's 64 activation bytes are multiplied with the
+/// four weights repeated, each product in an i16 (at most 2^14 in magnitude), and
+/// neighbouring products are summed into an i32 (`acc[2t + h]` for token `t`, bytes
+/// `2h, 2h + 1` of a group): plain lane-wise arithmetic that compilers turn into
+/// widening vector multiplies and adds (on NEON). A token's two sums are added at the
+/// end (exact integers: the order does not matter).
+pub(crate) struct LaneDots([i32; 2 * PANEL_TOKENS]);
+
+impl LaneDots {
+    #[inline(always)]
+    pub(crate) fn new() -> Self {
+        LaneDots([0; 2 * PANEL_TOKENS])
+    }
+
+    /// Adds four weight quants `w` times the same four elements of every token.
+    #[inline(always)]
+    pub(crate) fn add(&mut self, w: &[i8], a: &Lanes<[i8; 4]>) {
+        let w: [i16; 4 * PANEL_TOKENS] = std::array::from_fn(|j| i16::from(w[j % 4]));
+        let a = a.0.as_flattened();
+        for (j, acc) in self.0.iter_mut().enumerate() {
+            let (p0, p1) = (
+                w[2 * j] * i16::from(a[2 * j]),
+                w[2 * j + 1] * i16::from(a[2 * j + 1]),
+            );
+            *acc += i32::from(p0) + i32::from(p1);
+        }
+    }
+
+    /// Each token's dot product.
+    #[inline(always)]
+    pub(crate) fn per_token(&self) -> [i32; PANEL_TOKENS] {
+        std::array::from_fn(|t| self.0[2 * t] + self.0[2 * t + 1])
     }
 }
 

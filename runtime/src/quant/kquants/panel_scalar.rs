@@ -13,7 +13,7 @@ use half::f16;
 
 use super::panel::{check_shape, Q8KPanel, GROUPS_K};
 use super::QK_K;
-use crate::quant::panel::dot_group;
+use crate::quant::panel::LaneDots;
 use crate::quant::PANEL_TOKENS;
 
 /// One super-block as the panel rule reads it.
@@ -47,11 +47,11 @@ pub(crate) fn panel_dot<B: PanelBlock>(w: &[B], p: &Q8KPanel, out: &mut [[f32; P
             let groups = &p.qs[b * GROUPS_K..(b + 1) * GROUPS_K];
             let mut sumi = [0i32; PANEL_TOKENS];
             for (s, (q, a)) in x.q.chunks_exact(16).zip(groups.chunks_exact(4)).enumerate() {
-                let mut dot = [0i32; PANEL_TOKENS];
+                let mut dots = LaneDots::new();
                 for (w4, a) in q.chunks_exact(4).zip(a) {
-                    dot_group(w4, a, &mut dot);
+                    dots.add(w4, a);
                 }
-                for (acc, d) in sumi.iter_mut().zip(dot) {
+                for (acc, d) in sumi.iter_mut().zip(dots.per_token()) {
                     *acc += x.scales[s] * d;
                 }
             }
