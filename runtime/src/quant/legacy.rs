@@ -18,6 +18,7 @@ pub use super::act::BlockQ8_0;
 use super::act::{BlockQ8_1, QK8};
 use super::legacy_panel::{self, PanelBlock};
 use super::panel::Q8Panel;
+#[cfg(target_arch = "x86_64")]
 use super::unpacked::{self, UnpackedRows};
 use super::{KernelPath, WeightBlock, PANEL_TOKENS};
 
@@ -132,9 +133,10 @@ macro_rules! dispatch_x4 {
 
 /// A type's panel kernels (prompt processing): its own on every path (the portable rule
 /// on the scalar one), and on the SIMD paths the shared one over rows unpacked by
-/// `$unpack`.
+/// `$unpack` (elsewhere the trait's defaults: nothing unpacks).
 macro_rules! panel_kernel {
     ($kernel:ident, $unpack:ident) => {
+        #[cfg(target_arch = "x86_64")]
         fn unpack_rows(path: KernelPath, w: &[Self], bpr: usize, out: &mut UnpackedRows) -> bool {
             match path {
                 // SAFETY: the caller checked that this CPU supports `path`.
@@ -152,6 +154,7 @@ macro_rules! panel_kernel {
             true
         }
 
+        #[cfg(target_arch = "x86_64")]
         fn unpacked_panel_dot(
             path: KernelPath,
             rows: &UnpackedRows,

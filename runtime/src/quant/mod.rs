@@ -107,6 +107,7 @@ pub trait WeightBlock: Copy + Send + Sync + 'static {
 /// How far ahead of the block being read the decode kernels prefetch weights, which
 /// stream from memory once per token: about memory latency × a thread's bandwidth, with
 /// margin (4 KB measured best among 1-16 KB; 1 KB left the loads waiting on DRAM).
+#[cfg(target_arch = "x86_64")]
 pub(crate) const PREFETCH_AHEAD: usize = 4096;
 
 /// Asks for the weights [`PREFETCH_AHEAD`] bytes after `block` (a prefetch past the end

@@ -107,6 +107,7 @@ impl LaneDots {
 /// The row loop of every panel kernel: `$pass::<R>(rows, bpr, panel, out)` over passes
 /// of `$per_pass` rows (independent accumulation chains sharing each activation load),
 /// then over the leftover rows one at a time.
+#[cfg(target_arch = "x86_64")]
 macro_rules! over_rows {
     ($w:ident, $p:ident, $out:ident, $pass:ident, $per_pass:expr) => {{
         let bpr = $p.blocks();
@@ -125,6 +126,7 @@ macro_rules! over_rows {
         }
     }};
 }
+#[cfg(target_arch = "x86_64")]
 pub(crate) use over_rows;
 
 impl Q8Panel {
