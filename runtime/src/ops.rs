@@ -169,19 +169,22 @@ pub fn silu(x: f32) -> f32 {
 /// `gate = silu(gate) * up` (SwiGLU), element-wise.
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     assert_eq!(gate.len(), up.len(), "gate and up lengths");
-    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    {
+    let done = {
         use crate::quant::KernelPath;
         let path = crate::quant::cpu::best_path();
         if path >= KernelPath::Avx512Vnni {
             // SAFETY: the best path is one this CPU supports (AVX-512 F and AVX2).
-            done = unsafe { swiglu_avx512(gate, up) };
+            unsafe { swiglu_avx512(gate, up) }
         } else if path >= KernelPath::Avx2 {
             // SAFETY: the best path is one this CPU supports (AVX2 + FMA + F16C).
-            done = unsafe { swiglu_avx2(gate, up) };
+            unsafe { swiglu_avx2(gate, up) }
+        } else {
+            0
         }
-    }
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
     for (g, &u) in gate[done..].iter_mut().zip(&up[done..]) {
         *g = silu(*g) * u;
     }

@@ -504,56 +504,43 @@ fn q8k_all_zero_block() {
 // ---------------------------------------------------------------------------------
 // Panel (prompt-processing) kernels: up to 16 tokens per call
 
-/// The paths to test `panel_dot` on: the portable one (always available, and exact) and
-/// every SIMD path this CPU has. The SIMD paths must all claim a kernel, so a type that
-/// silently lost its kernel fails here instead of being skipped.
-fn panel_paths<T: TestBlock>() -> Vec<KernelPath> {
-    let mut paths = vec![KernelPath::Scalar];
-    for p in simd_paths() {
-        assert!(
-            T::has_panel_kernel(p),
-            "{} has no panel kernel on {}",
-            T::NAME,
-            p.name()
-        );
-        paths.push(p);
-    }
-    paths
-}
-
-/// `panel_dot` of `rows` rows (`w`, whole rows) against `acts` (1..=16 tokens) on every
-/// path: bit for bit `vec_dot_ref` on the portable path, within float reordering on the
-/// SIMD paths. Lanes past the last token are not checked (they are unspecified).
+/// `panel_dot` of `rows` rows (`w`, whole rows) against `acts` (1..=16 tokens): the
+/// scalar kernel, which is the panel rule, within float reordering of `vec_dot_ref`,
+/// and every SIMD kernel equal to it bit for bit (so a prompt gives the same logits on
+/// every path). Lanes past the last token are unspecified and not checked.
 fn check_panel<T: TestBlock>(w: &[T], rows: usize, acts: &[Vec<BlockQ8K>], what: &str) {
     let bpr = w.len() / rows;
     assert_eq!(bpr * rows, w.len());
     let refs: Vec<&[BlockQ8K]> = acts.iter().map(Vec::as_slice).collect();
     let panel = BlockQ8K::build_panel(&refs);
-    let expected: Vec<Vec<(f32, f64)>> = w
-        .chunks_exact(bpr)
-        .map(|row| {
-            acts.iter()
-                .map(|a| (T::vec_dot_ref(row, a), f64_dot_and_mag(row, a).1))
-                .collect()
-        })
-        .collect();
-    for path in panel_paths::<T>() {
+    let mut rule = vec![[f32::NAN; 16]; rows];
+    T::panel_dot(KernelPath::Scalar, w, &panel, &mut rule);
+    for (r, (lanes, row)) in rule.iter().zip(w.chunks_exact(bpr)).enumerate() {
+        for (t, a) in acts.iter().enumerate() {
+            let reference = T::vec_dot_ref(row, a);
+            let mag = f64_dot_and_mag(row, a).1;
+            let g = lanes[t];
+            assert!(
+                (g as f64 - reference as f64).abs() <= tol(mag),
+                "{} scalar panel {what}: row {r} token {t}: {g} vs reference {reference} \
+                 (mag {mag})",
+                T::NAME
+            );
+        }
+    }
+    for path in simd_paths() {
         let mut out = vec![[f32::NAN; 16]; rows];
         T::panel_dot(path, w, &panel, &mut out);
-        for (r, (got, want)) in out.iter().zip(&expected).enumerate() {
-            for (t, &(reference, mag)) in want.iter().enumerate() {
-                let g = got[t];
-                let ok = if path == KernelPath::Scalar {
-                    g.to_bits() == reference.to_bits()
-                } else {
-                    (g as f64 - reference as f64).abs() <= tol(mag)
-                };
-                assert!(
-                    ok,
-                    "{} panel {what} on {}: row {r} token {t}: {g} vs reference {reference} \
-                     (mag {mag})",
+        for (r, (got, want)) in out.iter().zip(&rule).enumerate() {
+            for t in 0..acts.len() {
+                assert_eq!(
+                    got[t].to_bits(),
+                    want[t].to_bits(),
+                    "{} panel {what} on {}: row {r} token {t}: {} vs scalar {}",
                     T::NAME,
-                    path.name()
+                    path.name(),
+                    got[t],
+                    want[t]
                 );
             }
         }
@@ -666,7 +653,7 @@ fn panel_q6k_random() {
 fn panel_of_empty_rows_gives_zeros() {
     let empty: Vec<BlockQ8K> = Vec::new();
     let panel = BlockQ8K::build_panel(&[&empty, &empty]);
-    for path in panel_paths::<BlockQ4K>() {
+    for path in KernelPath::supported() {
         let mut out = vec![[f32::NAN; 16]; 3];
         BlockQ4K::panel_dot(path, &[], &panel, &mut out);
         assert!(

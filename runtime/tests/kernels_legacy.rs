@@ -5,6 +5,8 @@
 //! Tolerances: SIMD paths sum the same exact per-block integer dot products as the
 //! reference in a different float order, so they must agree to
 //! `1e-5 * Σ|w_i a_i| + 1e-6` (Σ over dequantized weight × activation magnitudes).
+//! Prompt (panel) kernels and float-row dots follow one rule on every path: the SIMD
+//! ones must give the scalar kernels' bits exactly.
 
 use half::{bf16, f16};
 use smq_format::GgmlType;
@@ -396,7 +398,7 @@ fn real_blocks_dequantize_like_gguf_py_and_simd_matches() {
 #[test]
 fn float_dots_match_reference() {
     let mut r = Rng(99);
-    for n in [1usize, 7, 8, 31, 32, 33, 100, 576] {
+    for n in [1usize, 7, 8, 31, 32, 33, 39, 40, 63, 64, 71, 100, 576, 1003] {
         let w: Vec<f32> = (0..n).map(|_| r.f()).collect();
         let x: Vec<f32> = (0..n).map(|_| r.f() * 4.0).collect();
         let scale = magnitude(&w, &x);
@@ -412,10 +414,27 @@ fn float_dots_match_reference() {
         // The references themselves: f16 / bf16 rounding of both operands.
         assert!(((r16 - r32) as f64).abs() <= 2e-3 * scale + 1e-6);
         assert!(((rb - r32) as f64).abs() <= 1.6e-2 * scale + 1e-6);
+        let scalar = [
+            float::dot_f32(KernelPath::Scalar, &w, &x),
+            float::dot_f16(KernelPath::Scalar, &w16, &x16),
+            float::dot_bf16(KernelPath::Scalar, &wb, &xb),
+        ];
         for p in KernelPath::supported() {
-            assert_close(float::dot_f32(p, &w, &x), r32, scale, "f32");
-            assert_close(float::dot_f16(p, &w16, &x16), r16, scale, "f16");
-            assert_close(float::dot_bf16(p, &wb, &xb), rb, scale, "bf16");
+            let got = [
+                float::dot_f32(p, &w, &x),
+                float::dot_f16(p, &w16, &x16),
+                float::dot_bf16(p, &wb, &xb),
+            ];
+            assert_close(got[0], r32, scale, "f32");
+            assert_close(got[1], r16, scale, "f16");
+            assert_close(got[2], rb, scale, "bf16");
+            // One summation order on every path: the scalar path's bits.
+            assert_eq!(
+                got.map(f32::to_bits),
+                scalar.map(f32::to_bits),
+                "{} n={n}: f32, f16, bf16",
+                p.name()
+            );
         }
     }
 }
@@ -442,8 +461,10 @@ fn as_bytes<T>(v: &[T]) -> &[u8] {
 }
 
 /// matmul on every path vs (a) a reference built from `vec_dot_ref` on the same
-/// quantized activations (scalar path: exact), (b) naive float math on dequantized
-/// weights and unquantized activations (loose: bounded by activation rounding).
+/// quantized activations (the scalar path's short batches: exact), (b) naive float math
+/// on dequantized weights and unquantized activations (loose: bounded by activation
+/// rounding); and prompts (panel kernels, with rows unpacked from four panels on) give
+/// the scalar path's bits on every path.
 fn check_matmul<B: RandomBlock>()
 where
     B::Act: ActValues,
@@ -459,8 +480,8 @@ where
         let bpr = cols / 32;
         let w: Vec<B> = (0..rows * bpr).map(|_| B::random(&mut r)).collect();
         let wm = WeightMatrix::new(B::TYPE, rows, cols, as_bytes(&w)).unwrap();
-        // 9 and more tokens take the panel kernels where the path has them.
-        for n_tokens in [1usize, 3, 6, 9, 16, 21, 40] {
+        // 9 and more tokens take the panel kernels.
+        for n_tokens in [1usize, 3, 6, 9, 16, 21, 40, 70] {
             let x = random_acts(&mut r, n_tokens * cols);
             let acts: Vec<Vec<B::Act>> = x.chunks_exact(cols).map(quantize::<B::Act>).collect();
             let mut want = vec![0.0f32; rows * n_tokens];
@@ -469,14 +490,31 @@ where
                     want[t * rows + row] = B::vec_dot_ref(&w[row * bpr..(row + 1) * bpr], &acts[t]);
                 }
             }
-            let mut got = vec![f32::NAN; rows * n_tokens];
-            matmul_with(KernelPath::Scalar, &wm, &x, n_tokens, &mut got);
-            assert_eq!(got, want, "{} {rows}x{cols} t={n_tokens} scalar", B::TYPE);
+            let mut scalar = vec![f32::NAN; rows * n_tokens];
+            matmul_with(KernelPath::Scalar, &wm, &x, n_tokens, &mut scalar);
+            let prompt = n_tokens >= 9;
+            if !prompt {
+                assert_eq!(
+                    scalar,
+                    want,
+                    "{} {rows}x{cols} t={n_tokens} scalar",
+                    B::TYPE
+                );
+            }
 
             let wd = dequant(&w);
             for p in KernelPath::supported() {
                 let mut got = vec![f32::NAN; rows * n_tokens];
                 matmul_with(p, &wm, &x, n_tokens, &mut got);
+                if prompt {
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert!(
+                        bits(&got) == bits(&scalar),
+                        "{} {rows}x{cols} t={n_tokens}: {} differs from scalar",
+                        B::TYPE,
+                        p.name()
+                    );
+                }
                 for t in 0..n_tokens {
                     let av = <B::Act as ActValues>::values(&acts[t]);
                     let xt = &x[t * cols..(t + 1) * cols];
@@ -747,64 +785,79 @@ fn four_token_kernels_equal_single_token_ones() {
     check_x4::<BlockQ8_0>();
 }
 
-/// Panel kernels (prompt processing) against the scalar reference, row by row and token
-/// by token, for every panel fill (1..=16 tokens) and row counts around the kernels'
-/// four-row passes.
+/// Panel kernels (prompt processing) on rows `w` (`bpr` blocks each) against `acts`
+/// (1..=16 tokens): the scalar kernel, which is the panel rule, within float reordering
+/// of `vec_dot_ref`; every SIMD kernel, the type's own and the shared one over unpacked
+/// rows, equal to it bit for bit (so a prompt gives the same logits on every path).
+/// Lanes past the last token are unspecified and not checked.
+fn check_panel_rows<B: WeightBlock>(w: &[B], bpr: usize, acts: &[Vec<B::Act>], what: &str)
+where
+    B::Act: ActValues,
+{
+    let rows = w.len() / bpr;
+    assert_eq!(rows * bpr, w.len(), "whole rows");
+    let tokens = acts.len();
+    let refs: Vec<&[B::Act]> = acts.iter().map(Vec::as_slice).collect();
+    let panel = B::Act::build_panel(&refs);
+    let mut rule = vec![[f32::NAN; PANEL_TOKENS]; rows];
+    B::panel_dot(KernelPath::Scalar, w, &panel, &mut rule);
+    let wd = dequant(w);
+    for (row, lanes) in rule.iter().enumerate() {
+        let wr = &w[row * bpr..(row + 1) * bpr];
+        for (t, a) in acts.iter().enumerate() {
+            let av = <B::Act as ActValues>::values(a);
+            assert_close(
+                lanes[t],
+                B::vec_dot_ref(wr, a),
+                magnitude(&wd[row * bpr * 32..(row + 1) * bpr * 32], &av),
+                &format!(
+                    "{} scalar panel {what}: row {row} token {t}/{tokens}",
+                    B::TYPE
+                ),
+            );
+        }
+    }
+    let same = |got: &[[f32; PANEL_TOKENS]], kernel: &str| {
+        for (row, (g, r)) in got.iter().zip(&rule).enumerate() {
+            for t in 0..tokens {
+                assert_eq!(
+                    g[t].to_bits(),
+                    r[t].to_bits(),
+                    "{} {kernel} panel {what}: row {row} token {t}/{tokens}: {} vs scalar {}",
+                    B::TYPE,
+                    g[t],
+                    r[t]
+                );
+            }
+        }
+    };
+    for path in simd_paths() {
+        let mut out = vec![[f32::NAN; PANEL_TOKENS]; rows];
+        B::panel_dot(path, w, &panel, &mut out);
+        same(&out, path.name());
+        let mut unpacked = UnpackedRows::default();
+        if B::unpack_rows(path, w, bpr, &mut unpacked) {
+            let mut out = vec![[f32::NAN; PANEL_TOKENS]; rows];
+            B::unpacked_panel_dot(path, &unpacked, &panel, &mut out);
+            same(&out, &format!("{} unpacked", path.name()));
+        }
+    }
+}
+
+/// Random blocks for every panel fill (1..=16 tokens) and row counts around the
+/// kernels' passes of rows.
 fn check_panel<B: RandomBlock>()
 where
     B::Act: ActValues,
 {
     let mut r = Rng(B::TYPE.id() as u64 * 7919 + 11);
-    for path in KernelPath::supported() {
-        if !B::has_panel_kernel(path) {
-            continue;
-        }
-        for (rows, bpr) in [(1usize, 1usize), (3, 2), (4, 18), (7, 5), (16, 48)] {
-            let w: Vec<B> = (0..rows * bpr).map(|_| B::random(&mut r)).collect();
-            for tokens in [1usize, 5, 15, 16] {
-                let acts: Vec<Vec<B::Act>> = (0..tokens)
-                    .map(|_| quantize::<B::Act>(&random_acts(&mut r, bpr * 32)))
-                    .collect();
-                let refs: Vec<&[B::Act]> = acts.iter().map(Vec::as_slice).collect();
-                let panel = B::Act::build_panel(&refs);
-                let mut out = vec![[f32::NAN; PANEL_TOKENS]; rows];
-                B::panel_dot(path, &w, &panel, &mut out);
-                // The shared kernel over unpacked rows, where the path has it for the
-                // type, gives the same bits (same integers, same float epilogue).
-                let mut unpacked = UnpackedRows::default();
-                if B::unpack_rows(path, &w, bpr, &mut unpacked) {
-                    let mut again = vec![[f32::NAN; PANEL_TOKENS]; rows];
-                    B::unpacked_panel_dot(path, &unpacked, &panel, &mut again);
-                    for (row, (a, b)) in out.iter().zip(&again).enumerate() {
-                        for t in 0..tokens {
-                            assert_eq!(
-                                a[t].to_bits(),
-                                b[t].to_bits(),
-                                "{} {path:?} unpacked, row {row} token {t}",
-                                B::TYPE
-                            );
-                        }
-                    }
-                }
-                let wd = dequant(&w);
-                for (row, lanes) in out.iter().enumerate() {
-                    let wr = &w[row * bpr..(row + 1) * bpr];
-                    for (t, a) in acts.iter().enumerate() {
-                        let want = B::vec_dot_ref(wr, a);
-                        let av = <B::Act as ActValues>::values(a);
-                        let what = format!(
-                            "{} {path:?} {rows}x{bpr} row {row} token {t}/{tokens}",
-                            B::TYPE
-                        );
-                        assert_close(
-                            lanes[t],
-                            want,
-                            magnitude(&wd[row * bpr * 32..(row + 1) * bpr * 32], &av),
-                            &what,
-                        );
-                    }
-                }
-            }
+    for (rows, bpr) in [(1usize, 1usize), (3, 2), (4, 18), (7, 5), (16, 48)] {
+        let w: Vec<B> = (0..rows * bpr).map(|_| B::random(&mut r)).collect();
+        for tokens in [1usize, 5, 15, 16] {
+            let acts: Vec<Vec<B::Act>> = (0..tokens)
+                .map(|_| quantize::<B::Act>(&random_acts(&mut r, bpr * 32)))
+                .collect();
+            check_panel_rows(&w, bpr, &acts, &format!("{rows}x{bpr}, {tokens} tokens"));
         }
     }
 }
@@ -816,4 +869,152 @@ fn panel_kernels_match_reference() {
     check_panel::<BlockQ5_0>();
     check_panel::<BlockQ5_1>();
     check_panel::<BlockQ8_0>();
+}
+
+/// Activation rows whose quants sit at the bounds: all +127, all -127, alternating,
+/// a single spike, all zero, and scales from tiny (f16 subnormal) to large.
+fn extreme_acts(blocks: usize) -> Vec<Vec<f32>> {
+    let n = blocks * 32;
+    let pattern = |f: &dyn Fn(usize) -> f32| (0..n).map(f).collect::<Vec<f32>>();
+    vec![
+        pattern(&|_| 1.0),
+        pattern(&|_| -300.0),
+        pattern(&|i| if i % 2 == 0 { 2.5 } else { -2.5 }),
+        pattern(&|i| if i % 32 == 7 { -1.0e-5 } else { 0.0 }),
+        pattern(&|_| 0.0),
+        pattern(&|i| (i % 32) as f32 * 1.0e-6 - 1.6e-5),
+        pattern(&|i| if i % 3 == 0 { 3.0e3 } else { -1.0 }),
+    ]
+}
+
+/// Weight blocks with every byte 0x00, 0xFF, 0x55 or 0xAA (quants at both ends, fifth
+/// bits all set or clear) and scales and mins of both signs, tiny to large.
+fn extreme_blocks<B: WeightBlock>() -> Vec<B> {
+    let scales = [1.0f32, -0.5, 6.0e-8, 3.0e4];
+    let mut out = Vec::new();
+    for byte in [0x00u8, 0xFF, 0x55, 0xAA] {
+        for (k, &d) in scales.iter().enumerate() {
+            let mut raw = vec![byte; std::mem::size_of::<B>()];
+            // The f16 fields lead every legacy block: d, then m for Q4_1/Q5_1.
+            raw[..2].copy_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
+            if matches!(B::TYPE, GgmlType::Q4_1 | GgmlType::Q5_1) {
+                let m = -scales[(k + 1) % scales.len()];
+                raw[2..4].copy_from_slice(&f16::from_f32(m).to_bits().to_le_bytes());
+            }
+            let buf = Aligned::new(&raw);
+            out.push(cast_blocks::<B>(buf.bytes()).unwrap()[0]);
+        }
+    }
+    out
+}
+
+fn check_panel_extremes<B: WeightBlock>()
+where
+    B::Act: ActValues,
+{
+    let w = extreme_blocks::<B>();
+    // Rows of four blocks: every pattern meets every activation pattern.
+    let bpr = 4;
+    let acts: Vec<Vec<B::Act>> = extreme_acts(bpr)
+        .iter()
+        .map(|x| quantize::<B::Act>(x))
+        .collect();
+    check_panel_rows(&w, bpr, &acts, "extremes");
+    check_panel_rows(&w, bpr, &acts[..1], "extremes, one token");
+}
+
+#[test]
+fn panel_kernels_on_extreme_blocks() {
+    check_panel_extremes::<BlockQ4_0>();
+    check_panel_extremes::<BlockQ4_1>();
+    check_panel_extremes::<BlockQ5_0>();
+    check_panel_extremes::<BlockQ5_1>();
+    check_panel_extremes::<BlockQ8_0>();
+}
+
+fn check_panel_fixture<B: WeightBlock>(f: &Fixture)
+where
+    B::Act: ActValues,
+{
+    let buf = Aligned::new(&f.raw);
+    let blocks = cast_blocks::<B>(buf.bytes()).unwrap();
+    let mut r = Rng(f.raw.len() as u64 + 17);
+    // One row of every block, and rows of six.
+    let six = blocks.len() / 6 * 6;
+    for (w, bpr) in [(blocks, blocks.len()), (&blocks[..six], 6)] {
+        for tokens in [16usize, 9] {
+            let acts: Vec<Vec<B::Act>> = (0..tokens)
+                .map(|_| quantize::<B::Act>(&random_acts(&mut r, bpr * 32)))
+                .collect();
+            check_panel_rows(w, bpr, &acts, &format!("{} rows of {bpr}", f.name));
+        }
+    }
+}
+
+#[test]
+fn panel_kernels_on_real_blocks() {
+    for f in &fixtures() {
+        match f.ty.as_str() {
+            "Q4_1" => check_panel_fixture::<BlockQ4_1>(f),
+            "Q5_0" => check_panel_fixture::<BlockQ5_0>(f),
+            "Q8_0" => check_panel_fixture::<BlockQ8_0>(f),
+            other => panic!("unexpected fixture type {other}"),
+        }
+    }
+}
+
+/// Whole real matrices (Gemma 3's Q5_0 attention query and Q8_0 value projections,
+/// SmolLM2's Q4_1 query and FFN down projections) against 16 and 11 tokens of random
+/// activations, when the models are present.
+#[test]
+fn panel_kernels_on_real_matrices() {
+    use smq_converter::direct::open_gguf_direct;
+    use smq_converter::test_models;
+    fn run<B: WeightBlock>(bytes: &[u8], rows: usize, name: &str)
+    where
+        B::Act: ActValues,
+    {
+        let buf = Aligned::new(bytes);
+        let w = cast_blocks::<B>(buf.bytes()).unwrap();
+        let bpr = w.len() / rows;
+        let mut r = Rng(rows as u64 * 31 + bpr as u64);
+        for tokens in [16usize, 11] {
+            let acts: Vec<Vec<B::Act>> = (0..tokens)
+                .map(|_| quantize::<B::Act>(&random_acts(&mut r, bpr * 32)))
+                .collect();
+            check_panel_rows(w, bpr, &acts, &format!("{name}, {tokens} tokens"));
+        }
+    }
+    for (model, tensors) in [
+        (
+            test_models::GEMMA3,
+            &[
+                ("blk.0.attn_q.weight", GgmlType::Q5_0),
+                ("blk.0.attn_v.weight", GgmlType::Q8_0),
+            ][..],
+        ),
+        (
+            test_models::SMOLLM2,
+            &[
+                ("blk.0.attn_q.weight", GgmlType::Q4_1),
+                ("blk.29.ffn_down.weight", GgmlType::Q4_1),
+            ][..],
+        ),
+    ] {
+        let Some(path) = test_models::find(model) else {
+            eprintln!("skipped: {model} not found");
+            continue;
+        };
+        let m = open_gguf_direct(&path).expect("open model");
+        for &(name, ty) in tensors {
+            let (entry, bytes) = m.tensor(name).expect("tensor present");
+            assert_eq!(entry.ggml_type, ty, "{name}");
+            let rows = entry.shape[1] as usize;
+            match ty {
+                GgmlType::Q4_1 => run::<BlockQ4_1>(bytes, rows, name),
+                GgmlType::Q5_0 => run::<BlockQ5_0>(bytes, rows, name),
+                _ => run::<BlockQ8_0>(bytes, rows, name),
+            }
+        }
+    }
 }

@@ -108,6 +108,12 @@ fn quantize_panel(xs: &[&[f32]], with_s: bool) -> Q8Panel {
         unsafe { avx2::quantize_panel(xs, with_s, &mut p) };
         return p;
     }
+    quantize_panel_portable(xs, with_s, &mut p);
+    p
+}
+
+/// [`quantize_panel`]'s loop in portable code, into the zeroed panel `p`.
+fn quantize_panel_portable(xs: &[&[f32]], with_s: bool, p: &mut Q8Panel) {
     for (t, x) in xs.iter().enumerate() {
         for (b, xb) in x.chunks_exact(QK8).enumerate() {
             let mut q = [0i8; QK8];
@@ -121,7 +127,6 @@ fn quantize_panel(xs: &[&[f32]], with_s: bool) -> Q8Panel {
             p.set(b, t, f16::from_f32(d).to_f32(), s, sum, &q);
         }
     }
-    p
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -357,6 +362,48 @@ mod tests {
             let (db, sum) = unsafe { avx2::quantize_block(&x, &mut b) };
             assert_eq!((da.to_bits(), a), (db.to_bits(), b), "{x:?}");
             assert_eq!(sum, a.iter().map(|&q| q as i32).sum::<i32>(), "{x:?}");
+        }
+    }
+
+    /// The AVX2 panel quantizer gives the portable one's bits (the portable one runs
+    /// where AVX2 is missing, e.g. on ARM), specials and f16-rounded scales included.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_panel_quantizer_equals_portable() {
+        if !crate::quant::KernelPath::Avx2.is_supported() {
+            return;
+        }
+        let specials = [f32::NAN, f32::INFINITY, -0.0, 1e-30, 7e4, -3e3, 0.5];
+        let mut seed = 5u64;
+        for tokens in [1usize, 7, 16] {
+            let xs: Vec<Vec<f32>> = (0..tokens)
+                .map(|t| {
+                    (0..160)
+                        .map(|i| match (t * 7 + i) % 41 {
+                            0 => specials[(t + i) % specials.len()],
+                            1..=3 => lcg(&mut seed) * 1e-6,
+                            _ => lcg(&mut seed) * (1.0 + (i / 32) as f32 * 300.0),
+                        })
+                        .collect()
+                })
+                .collect();
+            let refs: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
+            for with_s in [false, true] {
+                let mut want = Q8Panel::zeroed(5, tokens);
+                quantize_panel_portable(&refs, with_s, &mut want);
+                let mut got = Q8Panel::zeroed(5, tokens);
+                // SAFETY: AVX2 was just detected.
+                unsafe { avx2::quantize_panel(&refs, with_s, &mut got) };
+                let bits = |l: &[crate::quant::panel::Lanes<f32>]| {
+                    l.iter()
+                        .flat_map(|v| v.0.map(f32::to_bits))
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(got.qs, want.qs, "{tokens} tokens, s {with_s}");
+                assert_eq!(got.sum, want.sum, "{tokens} tokens, s {with_s}");
+                assert_eq!(bits(&got.d), bits(&want.d), "{tokens} tokens, s {with_s}");
+                assert_eq!(bits(&got.s), bits(&want.s), "{tokens} tokens, s {with_s}");
+            }
         }
     }
 

@@ -3,7 +3,8 @@
 use std::sync::OnceLock;
 
 /// A family of kernel implementations. Every path computes the same integer dot
-/// products as the scalar reference; only float summation order may differ.
+/// products as the scalar reference; only float summation order may differ, and not
+/// for prompts, whose kernels give the same bits on every path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum KernelPath {
     /// Portable Rust, the reference every other path is tested against.

@@ -2,8 +2,10 @@
 //!
 //! Following llama.cpp, the activation row is first converted to the weight's type
 //! (F16 weights: activations rounded to f16; BF16 weights: rounded to bf16; F32: used
-//! as is), then each product is formed in f32 and summed in f32. The reference sums in
-//! f64, so SIMD paths (8-lane f32 partial sums) agree with it to f32 rounding.
+//! as is), then each product is formed in f32 and summed in f32. The `*_ref` functions
+//! sum in f64 (the accuracy reference of the tests); every path sums in one f32 order,
+//! that of the vector kernels (see `lanes_dot`), so a matmul of float weights gives
+//! the same bits on every path.
 
 use half::{bf16, f16};
 
@@ -59,6 +61,45 @@ pub fn dot_bf16_ref(w: &[bf16], x: &[bf16]) -> f32 {
         .sum::<f64>() as f32
 }
 
+/// The summation order of every path's float dot, in portable code (the scalar path's
+/// kernel): 32 lanes, element `i` of each run of 32 fused into lane `i % 32`, then a
+/// run of 8 at a time into lanes 0..8; lanes `l`, `l + 8`, `l + 16`, `l + 24` added as
+/// `(a0 + a1) + (a2 + a3)`, then the eight results as `(t0 + t2) + (t1 + t3)` with
+/// `t_l = v_l + v_{l+4}`; the last `n % 8` products, rounded, added one by one.
+#[inline]
+fn lanes_dot<T: Copy>(w: &[T], x: &[T], f32_of: impl Fn(T) -> f32) -> f32 {
+    let n = w.len().min(x.len());
+    let (w, x) = (&w[..n], &x[..n]);
+    let mut acc = [[0.0f32; 8]; 4];
+    let runs = n / 32 * 32;
+    for (w32, x32) in w[..runs].chunks_exact(32).zip(x[..runs].chunks_exact(32)) {
+        for (a, (w8, x8)) in acc
+            .iter_mut()
+            .zip(w32.chunks_exact(8).zip(x32.chunks_exact(8)))
+        {
+            for (a, (&wv, &xv)) in a.iter_mut().zip(w8.iter().zip(x8)) {
+                *a = f32_of(wv).mul_add(f32_of(xv), *a);
+            }
+        }
+    }
+    let eights = n / 8 * 8;
+    for (w8, x8) in w[runs..eights]
+        .chunks_exact(8)
+        .zip(x[runs..eights].chunks_exact(8))
+    {
+        for (a, (&wv, &xv)) in acc[0].iter_mut().zip(w8.iter().zip(x8)) {
+            *a = f32_of(wv).mul_add(f32_of(xv), *a);
+        }
+    }
+    let v: [f32; 8] = std::array::from_fn(|l| (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]));
+    let t: [f32; 4] = std::array::from_fn(|l| v[l] + v[l + 4]);
+    let mut s = (t[0] + t[2]) + (t[1] + t[3]);
+    for (&wv, &xv) in w[eights..].iter().zip(&x[eights..]) {
+        s += f32_of(wv) * f32_of(xv);
+    }
+    s
+}
+
 /// Dot of an f32 weight row with an f32 activation row on `path` (checked by caller).
 pub fn dot_f32(path: KernelPath, w: &[f32], x: &[f32]) -> f32 {
     debug_assert!(path.is_supported());
@@ -66,7 +107,7 @@ pub fn dot_f32(path: KernelPath, w: &[f32], x: &[f32]) -> f32 {
         // SAFETY: the caller checked that this CPU supports `path` (both imply AVX2).
         #[cfg(target_arch = "x86_64")]
         KernelPath::Avx2 | KernelPath::Avx512Vnni => unsafe { x86::dot_f32(w, x) },
-        _ => dot_f32_ref(w, x),
+        _ => lanes_dot(w, x, |v| v),
     }
 }
 
@@ -77,7 +118,7 @@ pub fn dot_f16(path: KernelPath, w: &[f16], x: &[f16]) -> f32 {
         // SAFETY: as in `dot_f32`.
         #[cfg(target_arch = "x86_64")]
         KernelPath::Avx2 | KernelPath::Avx512Vnni => unsafe { x86::dot_f16(w, x) },
-        _ => dot_f16_ref(w, x),
+        _ => lanes_dot(w, x, f16::to_f32),
     }
 }
 
@@ -88,7 +129,7 @@ pub fn dot_bf16(path: KernelPath, w: &[bf16], x: &[bf16]) -> f32 {
         // SAFETY: as in `dot_f32`.
         #[cfg(target_arch = "x86_64")]
         KernelPath::Avx2 | KernelPath::Avx512Vnni => unsafe { x86::dot_bf16(w, x) },
-        _ => dot_bf16_ref(w, x),
+        _ => lanes_dot(w, x, bf16::to_f32),
     }
 }
 
@@ -107,7 +148,7 @@ mod x86 {
     }
 
     /// Shared driver: 32 elements per step in four accumulators, `load` widening 8
-    /// elements at `p` to f32, then a scalar tail.
+    /// elements at `p` to f32, then a scalar tail (the order of [`super::lanes_dot`]).
     macro_rules! dot_body {
         ($w:ident, $x:ident, $load:expr, $scalar:expr) => {{
             let n = $w.len().min($x.len());

@@ -16,9 +16,11 @@ use smq_format::GgmlType;
 
 pub use super::act::BlockQ8_0;
 use super::act::{BlockQ8_1, QK8};
+use super::legacy_panel::{self, PanelBlock};
 use super::panel::Q8Panel;
+#[cfg(target_arch = "x86_64")]
 use super::unpacked::{self, UnpackedRows};
-use super::{legacy_panel, KernelPath, WeightBlock, PANEL_TOKENS};
+use super::{KernelPath, WeightBlock, PANEL_TOKENS};
 
 /// ggml's `block_q4_0` (18 bytes).
 #[allow(non_camel_case_types)]
@@ -129,10 +131,12 @@ macro_rules! dispatch_x4 {
     }};
 }
 
-/// A type's panel kernels (prompt processing) on the paths that have them: its own,
-/// and the shared one over rows unpacked by `$unpack`.
+/// A type's panel kernels (prompt processing): its own on every path (the portable rule
+/// on the scalar one), and on the SIMD paths the shared one over rows unpacked by
+/// `$unpack` (elsewhere the trait's defaults: nothing unpacks).
 macro_rules! panel_kernel {
     ($kernel:ident, $unpack:ident) => {
+        #[cfg(target_arch = "x86_64")]
         fn unpack_rows(path: KernelPath, w: &[Self], bpr: usize, out: &mut UnpackedRows) -> bool {
             match path {
                 // SAFETY: the caller checked that this CPU supports `path`.
@@ -150,6 +154,7 @@ macro_rules! panel_kernel {
             true
         }
 
+        #[cfg(target_arch = "x86_64")]
         fn unpacked_panel_dot(
             path: KernelPath,
             rows: &UnpackedRows,
@@ -170,10 +175,6 @@ macro_rules! panel_kernel {
             }
         }
 
-        fn has_panel_kernel(path: KernelPath) -> bool {
-            cfg!(target_arch = "x86_64") && path != KernelPath::Scalar
-        }
-
         fn panel_dot(
             path: KernelPath,
             w: &[Self],
@@ -190,10 +191,76 @@ macro_rules! panel_kernel {
                 // SAFETY: as above.
                 #[cfg(target_arch = "x86_64")]
                 KernelPath::Avx2 => unsafe { legacy_panel::x86::avx2::$kernel(w, panel, out) },
-                _ => unreachable!("no {} panel kernel on {}", Self::TYPE, path.name()),
+                _ => legacy_panel::panel_dot(w, panel, out),
             }
         }
     };
+}
+
+/// The quants of `q` with `offset` taken out, as signed bytes (all fit: -16..=31).
+#[inline]
+fn offset_quants(q: [u8; QK8], offset: i8) -> [i8; QK8] {
+    q.map(|v| v as i8 - offset)
+}
+
+impl PanelBlock for BlockQ4_0 {
+    fn quants(&self) -> [i8; QK8] {
+        offset_quants(nibbles(&self.qs), 8)
+    }
+    fn scale(&self) -> f16 {
+        self.d
+    }
+    fn min(&self) -> Option<f16> {
+        None
+    }
+}
+
+impl PanelBlock for BlockQ4_1 {
+    fn quants(&self) -> [i8; QK8] {
+        offset_quants(nibbles(&self.qs), 0)
+    }
+    fn scale(&self) -> f16 {
+        self.d
+    }
+    fn min(&self) -> Option<f16> {
+        Some(self.m)
+    }
+}
+
+impl PanelBlock for BlockQ5_0 {
+    fn quants(&self) -> [i8; QK8] {
+        offset_quants(fivebit(&self.qh, &self.qs), 16)
+    }
+    fn scale(&self) -> f16 {
+        self.d
+    }
+    fn min(&self) -> Option<f16> {
+        None
+    }
+}
+
+impl PanelBlock for BlockQ5_1 {
+    fn quants(&self) -> [i8; QK8] {
+        offset_quants(fivebit(&self.qh, &self.qs), 0)
+    }
+    fn scale(&self) -> f16 {
+        self.d
+    }
+    fn min(&self) -> Option<f16> {
+        Some(self.m)
+    }
+}
+
+impl PanelBlock for BlockQ8_0 {
+    fn quants(&self) -> [i8; QK8] {
+        self.qs
+    }
+    fn scale(&self) -> f16 {
+        self.d
+    }
+    fn min(&self) -> Option<f16> {
+        None
+    }
 }
 
 impl WeightBlock for BlockQ4_0 {

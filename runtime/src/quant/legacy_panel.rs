@@ -10,6 +10,60 @@
 //!
 //! Per block the sixteen weight bytes of elements 0..16 (and 16..32) are broadcast to
 //! every 128-bit lane; `shuffle_epi32` then spreads one group of four to all lanes.
+//!
+//! [`panel_dot`] is the rule in portable code (the scalar path's kernel): every SIMD
+//! kernel, and the shared one over unpacked rows, gives its bits on every lane.
+
+use half::f16;
+
+use super::act::QK8;
+use super::panel::{check_rows, LaneDots, Q8Panel, GROUPS};
+use super::PANEL_TOKENS;
+
+/// A legacy weight block as the panel rule reads it.
+pub(crate) trait PanelBlock {
+    /// The 32 quants as they enter the integer dot product, offsets taken out (Q4_0
+    /// `q - 8`, Q5_0 `q - 16`; Q4_1/Q5_1 unsigned, Q8_0 as stored).
+    fn quants(&self) -> [i8; QK8];
+    /// The scale `d`.
+    fn scale(&self) -> f16;
+    /// The min `m` of Q4_1/Q5_1 (`None` for the types without one).
+    fn min(&self) -> Option<f16>;
+}
+
+/// Every row of `w` against every token of `p`, the rule of all legacy panel kernels:
+/// per token lane and block, the exact `isum = Σ q_w q_a`, then
+/// `acc = fma(f32(isum), d_a · d_w, acc)` and, for Q4_1/Q5_1, `acc = fma(m, s_a, acc)`
+/// (f16 scales read exactly, products and fused adds rounded to f32 as the vector
+/// instructions round them).
+pub(crate) fn panel_dot<B: PanelBlock>(w: &[B], p: &Q8Panel, out: &mut [[f32; PANEL_TOKENS]]) {
+    let bpr = p.blocks();
+    if !check_rows(w.len(), bpr, out) {
+        return;
+    }
+    for (row, o) in w.chunks_exact(bpr).zip(out.iter_mut()) {
+        let mut acc = [0.0f32; PANEL_TOKENS];
+        for (b, blk) in row.iter().enumerate() {
+            let q = blk.quants();
+            let mut dots = LaneDots::new();
+            for (w4, a) in q.chunks_exact(4).zip(&p.qs[b * GROUPS..(b + 1) * GROUPS]) {
+                dots.add(w4, a);
+            }
+            let isum = dots.per_token();
+            let dw = blk.scale().to_f32();
+            for ((acc, &s), &da) in acc.iter_mut().zip(&isum).zip(&p.d[b].0) {
+                *acc = (s as f32).mul_add(da * dw, *acc);
+            }
+            if let Some(m) = blk.min() {
+                let m = m.to_f32();
+                for (acc, &sa) in acc.iter_mut().zip(&p.s[b].0) {
+                    *acc = m.mul_add(sa, *acc);
+                }
+            }
+        }
+        *o = acc;
+    }
+}
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {

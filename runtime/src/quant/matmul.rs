@@ -287,8 +287,7 @@ pub type GateFn = fn(&mut [f32], &[f32]);
 /// The gated FFN's input projections and activation:
 /// `gate = act(W_gate · x) · (W_up · x)`, with `up` as scratch of the same size.
 ///
-/// For prompts, when both matrices have the same type and that type has panel kernels,
-/// each group of rows runs through both matrices together and `tile` is applied to the
+/// For prompts, when both matrices have the same quantized type, each group of rows runs through both matrices together and `tile` is applied to the
 /// two results while they are in cache: one output written instead of two, and no
 /// pass over both afterwards (`up` is left unwritten). Otherwise the two matmuls run as
 /// one group and `batch` applies the activation. `tile` and `batch` must compute the
@@ -343,7 +342,7 @@ pub fn matmul_gated_with(
         let mut acts = ActCache::default();
         let out = Out::new(gate);
         let fused = for_quant_block!(w_gate.ty, B => {
-            gated::<B>(path, w_gate, w_up, x, n_tokens, out, &mut acts, tile)
+            Some(gated::<B>(path, w_gate, w_up, x, n_tokens, out, &mut acts, tile))
         }, _ => None);
         if let Some(fused) = fused {
             run_prepared(&[fused]);
@@ -359,8 +358,7 @@ pub fn matmul_gated_with(
     batch(gate, up);
 }
 
-/// The fused gate/up row task for type `B`, or `None` where `B` has no panel kernel on
-/// `path`.
+/// The fused gate/up row task for quantized type `B`.
 #[allow(clippy::too_many_arguments)]
 fn gated<'a, B: WeightBlock>(
     path: KernelPath,
@@ -371,16 +369,13 @@ fn gated<'a, B: WeightBlock>(
     out: Out,
     acts: &mut ActCache,
     tile: GateFn,
-) -> Option<Prepared<'a>> {
-    if !B::has_panel_kernel(path) {
-        return None;
-    }
+) -> Prepared<'a> {
     let gate = cast_blocks::<B>(w_gate.data).expect("validated by WeightMatrix::new");
     let up = cast_blocks::<B>(w_up.data).expect("validated by WeightMatrix::new");
     let rows = w_gate.rows;
     let bpr = w_gate.cols / B::BLOCK_ELEMS;
     let act = acts.get::<B::Act>(x, w_gate.cols, n_tokens, true);
-    Some(Prepared {
+    Prepared {
         rows,
         // Each row is two rows' work.
         chunk: chunk_rows(2 * rows, w_gate.cols)
@@ -413,7 +408,7 @@ fn gated<'a, B: WeightBlock>(
                 }
             }
         }),
-    })
+    }
 }
 
 /// The output of one matmul, written by several threads at once: every chunk of rows
@@ -711,7 +706,7 @@ fn quantized<'a, B: WeightBlock>(
     let bpr = w.cols / B::BLOCK_ELEMS;
     let apr = w.cols / <B::Act as ActBlock>::BLOCK_ELEMS;
     let chunk = chunk_rows(rows, w.cols);
-    let panels = n_tokens >= PANEL_MIN_TOKENS && B::has_panel_kernel(path);
+    let panels = n_tokens >= PANEL_MIN_TOKENS;
     let act = acts.get::<B::Act>(x, w.cols, n_tokens, panels);
     if panels {
         return Prepared {

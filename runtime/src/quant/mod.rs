@@ -8,6 +8,11 @@
 //! Activations are quantized once per matmul to the matching 8-bit block type with
 //! llama.cpp's rounding, so integer dot products equal llama.cpp's exactly and only the
 //! float summation order differs.
+//!
+//! Prompt kernels (`panel_dot`) have one float order too: each type's panel rule, whose
+//! portable code is the scalar path's kernel and whose bits every SIMD kernel gives, so
+//! a prompt's logits are the same on every path (the single-token kernels used for
+//! decoding keep their own, faster orders).
 
 use smq_format::GgmlType;
 
@@ -66,22 +71,16 @@ pub trait WeightBlock: Copy + Send + Sync + 'static {
     fn vec_dot_x4(path: KernelPath, w: &[Self], a: [&[Self::Act]; 4]) -> [f32; 4] {
         a.map(|a| Self::vec_dot(path, w, a))
     }
-    /// Whether [`Self::panel_dot`] has a kernel on `path`.
-    fn has_panel_kernel(_path: KernelPath) -> bool {
-        false
-    }
     /// Prompt kernel: every row of `w` (whole rows of `panel`'s length in blocks) against
     /// every token of `panel`: `out[r][t] = vec_dot(row r, token t)` up to float
-    /// summation order. Lanes of missing tokens are unspecified. Only called when
-    /// [`Self::has_panel_kernel`] says so for `path`.
+    /// summation order. Lanes of missing tokens are unspecified. Every path gives the
+    /// same bits: the type's panel rule, whose portable code is the scalar path's kernel.
     fn panel_dot(
-        _path: KernelPath,
-        _w: &[Self],
-        _panel: &<Self::Act as ActBlock>::Panel,
-        _out: &mut [[f32; PANEL_TOKENS]],
-    ) {
-        unreachable!("{} has no panel kernel", Self::TYPE)
-    }
+        path: KernelPath,
+        w: &[Self],
+        panel: &<Self::Act as ActBlock>::Panel,
+        out: &mut [[f32; PANEL_TOKENS]],
+    );
     /// Unpacks whole rows of `w` (`bpr` blocks each) into `out` for
     /// [`Self::unpacked_panel_dot`], which then runs any number of panels without
     /// unpacking again. Returns false, leaving `out` as it was, when this type has no
@@ -108,6 +107,7 @@ pub trait WeightBlock: Copy + Send + Sync + 'static {
 /// How far ahead of the block being read the decode kernels prefetch weights, which
 /// stream from memory once per token: about memory latency × a thread's bandwidth, with
 /// margin (4 KB measured best among 1-16 KB; 1 KB left the loads waiting on DRAM).
+#[cfg(target_arch = "x86_64")]
 pub(crate) const PREFETCH_AHEAD: usize = 4096;
 
 /// Asks for the weights [`PREFETCH_AHEAD`] bytes after `block` (a prefetch past the end

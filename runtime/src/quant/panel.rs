@@ -68,9 +68,46 @@ pub(crate) fn check_rows(w_blocks: usize, bpr: usize, out: &mut [[f32; PANEL_TOK
     bpr > 0
 }
 
+/// Exact integer dot products of weight quants with the token lanes of a panel, for
+/// the portable panel kernels. A group's 64 activation bytes are multiplied with the
+/// four weights repeated, each product in an i16 (at most 2^14 in magnitude), and
+/// neighbouring products are summed into an i32 (`acc[2t + h]` for token `t`, bytes
+/// `2h, 2h + 1` of a group): plain lane-wise arithmetic that compilers turn into
+/// widening vector multiplies and adds (on NEON). A token's two sums are added at the
+/// end (exact integers: the order does not matter).
+pub(crate) struct LaneDots([i32; 2 * PANEL_TOKENS]);
+
+impl LaneDots {
+    #[inline(always)]
+    pub(crate) fn new() -> Self {
+        LaneDots([0; 2 * PANEL_TOKENS])
+    }
+
+    /// Adds four weight quants `w` times the same four elements of every token.
+    #[inline(always)]
+    pub(crate) fn add(&mut self, w: &[i8], a: &Lanes<[i8; 4]>) {
+        let w: [i16; 4 * PANEL_TOKENS] = std::array::from_fn(|j| i16::from(w[j % 4]));
+        let a = a.0.as_flattened();
+        for (j, acc) in self.0.iter_mut().enumerate() {
+            let (p0, p1) = (
+                w[2 * j] * i16::from(a[2 * j]),
+                w[2 * j + 1] * i16::from(a[2 * j + 1]),
+            );
+            *acc += i32::from(p0) + i32::from(p1);
+        }
+    }
+
+    /// Each token's dot product.
+    #[inline(always)]
+    pub(crate) fn per_token(&self) -> [i32; PANEL_TOKENS] {
+        std::array::from_fn(|t| self.0[2 * t] + self.0[2 * t + 1])
+    }
+}
+
 /// The row loop of every panel kernel: `$pass::<R>(rows, bpr, panel, out)` over passes
 /// of `$per_pass` rows (independent accumulation chains sharing each activation load),
 /// then over the leftover rows one at a time.
+#[cfg(target_arch = "x86_64")]
 macro_rules! over_rows {
     ($w:ident, $p:ident, $out:ident, $pass:ident, $per_pass:expr) => {{
         let bpr = $p.blocks();
@@ -89,6 +126,7 @@ macro_rules! over_rows {
         }
     }};
 }
+#[cfg(target_arch = "x86_64")]
 pub(crate) use over_rows;
 
 impl Q8Panel {

@@ -58,6 +58,7 @@ impl Default for UnpackedRows {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 impl UnpackedRows {
     /// Resizes for `rows` rows of `blocks` blocks (contents unspecified until filled).
     fn reset(&mut self, rows: usize, blocks: usize, offset: Offset, max_quant: u8) {

@@ -14,7 +14,8 @@
 //!
 //! Prompt processing uses panel kernels instead (`panel`, `panel_x86`): sixteen tokens'
 //! activations per vector, one weight unpack shared by all of them, `vpdpbusd` on the
-//! VNNI path.
+//! VNNI path. Their float epilogue is one rule (`panel_scalar`, the scalar path's
+//! kernel), so a prompt gives the same logits on every path.
 
 /// A type's `vec_dot`: its AVX2 kernel (also used on the VNNI path) in its file's `avx2`
 /// module, else the scalar reference. Declared before the type modules that use it.
@@ -33,6 +34,7 @@ macro_rules! dispatch {
 
 #[macro_use]
 mod panel;
+mod panel_scalar;
 #[cfg(target_arch = "x86_64")]
 mod panel_x86;
 mod q2k;

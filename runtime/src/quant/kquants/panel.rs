@@ -11,7 +11,7 @@
 
 use super::{BlockQ8K, QK_K};
 use crate::quant::panel::Lanes;
-use crate::quant::{KernelPath, WeightBlock, PANEL_TOKENS};
+use crate::quant::PANEL_TOKENS;
 
 /// Groups of four activation bytes per super-block.
 pub const GROUPS_K: usize = QK_K / 4;
@@ -52,7 +52,7 @@ impl Q8KPanel {
     /// Panics unless there are 1..=16 rows of equal length (a caller bug).
     pub fn build(rows: &[&[BlockQ8K]]) -> Self {
         #[cfg(target_arch = "x86_64")]
-        let simd = KernelPath::Avx2.is_supported();
+        let simd = crate::quant::KernelPath::Avx2.is_supported();
         #[cfg(not(target_arch = "x86_64"))]
         let simd = false;
         Self::build_with(rows, simd)
@@ -197,18 +197,6 @@ mod x86 {
     }
 }
 
-/// Whether the K-quant panel kernels (Q2_K..Q6_K) exist on `path`: the SIMD paths.
-/// The portable version below is exact but no faster than one token at a time.
-pub(crate) fn has_kernel(path: KernelPath) -> bool {
-    match path {
-        KernelPath::Scalar => false,
-        #[cfg(target_arch = "x86_64")]
-        KernelPath::Avx2 | KernelPath::Avx512Vnni => true,
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => false,
-    }
-}
-
 /// Checks the shapes every panel kernel relies on (whole rows of the panel's length)
 /// and answers zero-length rows, whose dot products are all zero. Returns whether a
 /// kernel has work to do.
@@ -217,32 +205,10 @@ pub(crate) fn check_shape(w_blocks: usize, p: &Q8KPanel, out: &mut [[f32; PANEL_
     crate::quant::panel::check_rows(w_blocks, p.blocks(), out)
 }
 
-/// Portable panel product: each token's row rebuilt and dotted with the scalar
-/// reference, so it equals `vec_dot_ref` bit for bit (used where no SIMD kernel runs).
-pub(crate) fn portable<B: WeightBlock<Act = BlockQ8K>>(
-    w: &[B],
-    p: &Q8KPanel,
-    out: &mut [[f32; PANEL_TOKENS]],
-) {
-    if !check_shape(w.len(), p, out) {
-        return;
-    }
-    let bpr = p.blocks();
-    for t in 0..p.tokens {
-        let a = p.token_row(t);
-        for (o, row) in out.iter_mut().zip(w.chunks_exact(bpr)) {
-            o[t] = B::vec_dot_ref(row, &a);
-        }
-    }
-}
-
-/// Dispatches a type's panel product to its kernel on `path`.
+/// Dispatches a type's panel product to its kernel on `path` (the portable rule on the
+/// scalar path).
 macro_rules! panel_dispatch {
     ($kernel:ident) => {
-        fn has_panel_kernel(path: KernelPath) -> bool {
-            super::panel::has_kernel(path)
-        }
-
         fn panel_dot(
             path: KernelPath,
             w: &[Self],
@@ -257,7 +223,7 @@ macro_rules! panel_dispatch {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: as above.
                 KernelPath::Avx2 => unsafe { super::panel_x86::avx2::$kernel(w, panel, out) },
-                _ => super::panel::portable(w, panel, out),
+                _ => super::panel_scalar::panel_dot(w, panel, out),
             }
         }
     };

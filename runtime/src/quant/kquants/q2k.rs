@@ -3,6 +3,7 @@
 use half::f16;
 use smq_format::GgmlType;
 
+use super::panel_scalar::{PanelBlock, Runs};
 use super::{check_row_lengths, pod_block, BlockQ8K, QK_K};
 use crate::quant::{KernelPath, WeightBlock};
 
@@ -27,6 +28,18 @@ impl BlockQ2K {
         let (c, r) = (i / 128, i % 128);
         let (s, l) = (r / 32, r % 32);
         (self.qs[32 * c + l] >> (2 * s)) & 3
+    }
+}
+
+impl PanelBlock for BlockQ2K {
+    fn runs(&self) -> Runs {
+        Runs {
+            q: std::array::from_fn(|i| self.quant(i) as i8),
+            scales: self.scales.map(|s| i32::from(s & 0xF)),
+            mins: self.scales.map(|s| i32::from(s >> 4)),
+            d: self.d,
+            dmin: Some(self.dmin),
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 use half::f16;
 use smq_format::GgmlType;
 
+use super::panel_scalar::{PanelBlock, Runs};
 use super::{check_row_lengths, pod_block, BlockQ8K, QK_K};
 use crate::quant::{KernelPath, WeightBlock};
 
@@ -45,6 +46,18 @@ impl BlockQ3K {
             low
         } else {
             low - 4
+        }
+    }
+}
+
+impl PanelBlock for BlockQ3K {
+    fn runs(&self) -> Runs {
+        Runs {
+            q: std::array::from_fn(|i| self.quant(i)),
+            scales: self.unpack_scales().map(i32::from),
+            mins: [0; 16],
+            d: self.d,
+            dmin: None,
         }
     }
 }

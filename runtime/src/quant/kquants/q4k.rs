@@ -3,6 +3,7 @@
 use half::f16;
 use smq_format::GgmlType;
 
+use super::panel_scalar::{PanelBlock, Runs};
 use super::{check_row_lengths, pod_block, unpack_scale_min_k4, BlockQ8K, QK_K};
 use crate::quant::{KernelPath, WeightBlock};
 
@@ -21,6 +22,23 @@ pub struct BlockQ4K {
     pub qs: [u8; QK_K / 2],
 }
 pod_block!(BlockQ4K, 144);
+
+impl PanelBlock for BlockQ4K {
+    fn runs(&self) -> Runs {
+        let (sc, m) = unpack_scale_min_k4(&self.scales);
+        Runs {
+            // Chunk c: low nibbles are elements 64c.., high nibbles 64c + 32...
+            q: std::array::from_fn(|i| {
+                let (c, half, l) = (i / 64, i / 32 % 2, i % 32);
+                ((self.qs[32 * c + l] >> (4 * half)) & 0xF) as i8
+            }),
+            scales: std::array::from_fn(|s| i32::from(sc[s / 2])),
+            mins: std::array::from_fn(|s| i32::from(m[s / 2])),
+            d: self.d,
+            dmin: Some(self.dmin),
+        }
+    }
+}
 
 impl WeightBlock for BlockQ4K {
     const TYPE: GgmlType = GgmlType::Q4K;

@@ -3,6 +3,7 @@
 use half::f16;
 use smq_format::GgmlType;
 
+use super::panel_scalar::{PanelBlock, Runs};
 use super::{check_row_lengths, pod_block, unpack_scale_min_k4, BlockQ8K, QK_K};
 use crate::quant::{KernelPath, WeightBlock};
 
@@ -28,6 +29,19 @@ impl BlockQ5K {
         let c = j / 2;
         let nib = (self.qs[32 * c + l] >> (4 * (j % 2))) & 0xF;
         nib | (((self.qh[l] >> j) & 1) << 4)
+    }
+}
+
+impl PanelBlock for BlockQ5K {
+    fn runs(&self) -> Runs {
+        let (sc, m) = unpack_scale_min_k4(&self.scales);
+        Runs {
+            q: std::array::from_fn(|i| self.quant(i / 32, i % 32) as i8),
+            scales: std::array::from_fn(|s| i32::from(sc[s / 2])),
+            mins: std::array::from_fn(|s| i32::from(m[s / 2])),
+            d: self.d,
+            dmin: Some(self.dmin),
+        }
     }
 }
 

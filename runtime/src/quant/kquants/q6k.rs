@@ -3,6 +3,7 @@
 use half::f16;
 use smq_format::GgmlType;
 
+use super::panel_scalar::{PanelBlock, Runs};
 use super::{check_row_lengths, pod_block, BlockQ8K, QK_K};
 use crate::quant::{KernelPath, WeightBlock};
 
@@ -31,6 +32,18 @@ impl BlockQ6K {
         let low = (self.ql[64 * n + l + 32 * (k % 2)] >> (4 * (k / 2))) & 0xF;
         let high = (self.qh[32 * n + l] >> (2 * k)) & 3;
         low | (high << 4)
+    }
+}
+
+impl PanelBlock for BlockQ6K {
+    fn runs(&self) -> Runs {
+        Runs {
+            q: std::array::from_fn(|i| self.quant(i) as i8 - 32),
+            scales: self.scales.map(i32::from),
+            mins: [0; 16],
+            d: self.d,
+            dmin: None,
+        }
     }
 }
 
