@@ -18,6 +18,10 @@ log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace 2>&1 | tee "$log" || status=$?
+# The portable kernels (the only ones on ARM) against the same perplexity references:
+# their prompts give the SIMD paths' bits, and this shows it on the real models.
+SMQ_KERNEL_PATH=scalar cargo test -p smq-runtime --test model_reference perplexity 2>&1 |
+    tee -a "$log" || status=$?
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"
