@@ -5,6 +5,7 @@
 use std::arch::x86_64::*;
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 use super::reference;
 use super::{Kernels, ValueRows};
@@ -332,17 +333,12 @@ mod avx2 {
         // of the three vector ports' slots here, more than the multiply-adds it feeds.
         KEYS_F32.with_borrow_mut(|keys| {
             keys.resize(dk * KEY_TILE, 0.0);
-            let k = keys.as_mut_ptr();
+            // SAFETY: the tile holds `dk * 16` values per the contract.
+            unsafe { std::slice::from_raw_parts(tile, dk * KEY_TILE) }.convert_to_f32_slice(keys);
+            let k = keys.as_ptr();
             let mut i = 0;
-            // SAFETY (all calls): the tile holds `dk * 16` values and `keys` as many;
-            // query block `i..i + N` is in range per the contract.
+            // SAFETY (all calls): query block `i..i + N` is in range per the contract.
             unsafe {
-                for c in (0..dk * KEY_TILE).step_by(8) {
-                    _mm256_storeu_ps(
-                        k.add(c),
-                        _mm256_cvtph_ps(_mm_loadu_si128(tile.add(c).cast())),
-                    );
-                }
                 while i + 6 <= nq {
                     block::<6>(qs.add(i * dk), dk, k, scale, out.add(i * stride), stride);
                     i += 6;

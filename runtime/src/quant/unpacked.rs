@@ -437,10 +437,10 @@ pub(crate) mod x86 {
         };
         let ones = _mm256_set1_epi16(1);
         for (i, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: `q.add(i)` is a readable, 32-byte aligned block of quants.
-            let words = unsafe { (*q.add(i)).0.as_ptr().cast::<i32>() };
+            // SAFETY: `q.add(i)` is a readable block of quants.
+            let qi = unsafe { &(*q.add(i)).0 };
             // Group `g`'s four weight bytes in every lane (a broadcast load).
-            let w = |g: usize| _mm256_set1_epi32(unsafe { *words.add(g) });
+            let w = |g: usize| _mm256_set1_epi32(group(qi, g));
             // i16 sums of `n` groups from `g0`, widened to i32.
             let groups = |g0: usize, n: usize| {
                 let mut s = _mm256_maddubs_epi16(w(g0), a[g0]);
