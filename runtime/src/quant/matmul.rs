@@ -287,9 +287,10 @@ pub type GateFn = fn(&mut [f32], &[f32]);
 /// The gated FFN's input projections and activation:
 /// `gate = act(W_gate · x) · (W_up · x)`, with `up` as scratch of the same size.
 ///
-/// For prompts, when both matrices have the same quantized type, each group of rows runs through both matrices together and `tile` is applied to the
-/// two results while they are in cache: one output written instead of two, and no
-/// pass over both afterwards (`up` is left unwritten). Otherwise the two matmuls run as
+/// For prompts, when both matrices have the same quantized type, each group of rows
+/// runs through both matrices together and `tile` is applied to the two results while
+/// they are in cache: one output written instead of two, and no pass over both
+/// afterwards (`up` is left unwritten). Otherwise the two matmuls run as
 /// one group and `batch` applies the activation. `tile` and `batch` must compute the
 /// same function (e.g. `ops::swiglu` and its batch split); either way `gate` ends with
 /// the same bits.
