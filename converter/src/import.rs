@@ -1,19 +1,22 @@
 //! GGUF to SMQ: parse and validate the GGUF, hash it, and write the SMQ file with every
 //! tensor's bytes copied unchanged.
 //!
-//! The whole-file hash runs on its own thread from the start, beside parsing and the
-//! writer's copy, and the parsed GGUF and the source map are released while the device
-//! is still writing, before the final fsync.
+//! Only the tensor table is read before the copy starts (a scan that steps over the
+//! metadata values); the full parse, the description and the validation run beside the
+//! copy, as does the whole-file hash, on threads of their own. The parsed GGUF and the
+//! source map are released while the device is still writing, before the final fsync.
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use smq_format::writer::{write_smq_parts, SmqParts, WrittenSmq};
-use smq_format::{map_file, TensorInput};
+use smq_format::{map_file, SmqDescription, TensorInput};
 
 use crate::error::{Error, Result};
-use crate::gguf::GgufFile;
+use crate::gguf::{GgufFile, TensorTable};
 use crate::manifest_from_gguf::describe_gguf;
 
 /// What an import did.
@@ -37,20 +40,65 @@ pub fn import(
     let start = Instant::now();
     let map = map_file(src)?;
     let bytes: &[u8] = &map;
+    let table = TensorTable::read(bytes).map_err(|scan_error| {
+        // The full parse names a broken value more precisely than the scan can.
+        with_path(src, GgufFile::parse(bytes).err().unwrap_or(scan_error))
+    })?;
+    let file_name = src
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tensors = table
+        .tensors
+        .iter()
+        .map(|t| {
+            Ok(TensorInput {
+                name: t.name.clone(),
+                ggml_type: t.ggml_type,
+                shape: t.shape.clone(),
+                source_offset: t.offset,
+                bytes: table.tensor_data(bytes, t)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+
+    // The writer's deferred parts report the format's error type; a converter error
+    // from them is kept here so that it reaches the caller unchanged.
+    let deferred_error = Mutex::new(None);
+    let keep = |e: Error| {
+        let message = smq_format::Error::Write(e.to_string());
+        *deferred_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+        message
+    };
     let cancel = AtomicBool::new(false);
-    let (written, source_size, tensor_count) = std::thread::scope(|s| {
+    let written = std::thread::scope(|s| {
         let source_hash = s.spawn(|| hash_cancellable(bytes, &cancel));
-        let written = write_from(src, dst, bytes, progress, move || {
-            source_hash
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        });
+        let parts = SmqParts {
+            tensors: &tensors,
+            description: Box::new(|| describe(src, &file_name, bytes, &table).map_err(keep)),
+            source_blake3: Some(Box::new(move || {
+                source_hash
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                    .ok_or_else(|| smq_format::Error::Write("source hash cancelled".into()))
+            })),
+        };
+        let written = write_smq_parts(dst, parts, progress);
         // On an early error the hash is not needed: stop it rather than wait for it.
         cancel.store(true, Ordering::Relaxed);
         written
+    });
+    let written: WrittenSmq = written.map_err(|e| {
+        let kept = deferred_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        kept.unwrap_or(Error::Format(e))
     })?;
-    // The parsed GGUF is gone by now; unmapping the source is the last big release,
-    // done while write-back of the output is still in flight.
+    let (source_size, tensor_count) = (table.file_size, table.tensors.len());
+    drop(tensors);
+    // Unmapping the source is the last big release, done while write-back of the
+    // output is still in flight.
     drop(map);
     let manifest = written.commit()?;
     let smq_size = std::fs::metadata(dst).map_err(|e| Error::io(dst, e))?.len();
@@ -64,50 +112,29 @@ pub fn import(
     })
 }
 
-/// Parses the mapped GGUF `bytes` and writes (without committing) the SMQ file;
-/// `source_hash` yields the whole file's blake3 once the writer needs it. Returns the
-/// written file, the source size and the tensor count.
-fn write_from(
+/// Parses the whole GGUF (`table` is its tensor table, read first) and describes it as
+/// an SMQ file; the real source hash replaces the zero one later.
+fn describe<'a>(
     src: &Path,
-    dst: &Path,
+    file_name: &str,
     bytes: &[u8],
-    progress: &(dyn Fn(u64, u64) + Sync),
-    source_hash: impl FnOnce() -> Option<[u8; 32]> + Send,
-) -> Result<(WrittenSmq, u64, usize)> {
+    table: &TensorTable,
+) -> Result<SmqDescription<'a>> {
     let gguf = GgufFile::parse(bytes).map_err(|e| with_path(src, e))?;
-    let file_name = src
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // The real hash replaces this zero one (`source_blake3` below).
-    let desc = describe_gguf(&gguf, &file_name, [0; 32]).map_err(|e| with_path(src, e))?;
-
-    let tensors = gguf
-        .tensors
-        .iter()
-        .map(|t| {
-            Ok(TensorInput {
-                name: t.name.clone(),
-                ggml_type: t.ggml_type,
-                shape: t.shape.clone(),
-                source_offset: t.offset,
-                bytes: gguf.tensor_data(bytes, t)?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-
-    let parts = SmqParts {
+    if gguf.tensors != table.tensors || gguf.data_offset != table.data_offset {
+        // Only possible if the file changed under the map between the two reads.
+        return Err(Error::Invalid(format!(
+            "{}: the tensor table changed while it was read",
+            src.display()
+        )));
+    }
+    let desc = describe_gguf(&gguf, file_name, [0; 32]).map_err(|e| with_path(src, e))?;
+    Ok(SmqDescription {
         source: desc.source,
-        source_blake3: Some(Box::new(move || {
-            source_hash().ok_or_else(|| smq_format::Error::Write("source hash cancelled".into()))
-        })),
         config: desc.config,
         tokenizer: desc.tokenizer,
-        metadata: &gguf.metadata,
-        tensors: &tensors,
-    };
-    let written = write_smq_parts(dst, parts, progress)?;
-    Ok((written, gguf.file_size, gguf.tensors.len()))
+        metadata: Cow::Owned(gguf.metadata),
+    })
 }
 
 /// blake3 of a whole file, hashed on all cores over a read-only map.

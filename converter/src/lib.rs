@@ -11,7 +11,7 @@ pub mod test_models;
 pub use direct::open_gguf_direct;
 pub use error::{Error, Result};
 pub use export::{export, ExportReport};
-pub use gguf::{GgufBuilder, GgufFile, TensorInfo};
+pub use gguf::{GgufBuilder, GgufFile, TensorInfo, TensorTable};
 pub use import::{hash_file, import, ImportReport};
 pub use manifest_from_gguf::{describe_gguf, model_config, tokenizer_spec, GgufDescription};
 

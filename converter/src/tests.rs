@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use smq_format::{map_file, GgmlType, MetadataArray, MetadataValue, SmqFile};
 
-use crate::gguf::{GgufBuilder, GgufFile};
+use crate::gguf::{GgufBuilder, GgufFile, TensorTable};
 use crate::{export, hash_file, import, open_gguf_direct};
 
 fn strings(items: &[&str]) -> MetadataValue {
@@ -210,6 +210,43 @@ fn hostile_source_fails_cleanly() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }
 
+/// Position just past the first occurrence of `needle` in `bytes`.
+fn after(bytes: &[u8], needle: &[u8]) -> usize {
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("needle present");
+    at + needle.len()
+}
+
+#[test]
+fn broken_metadata_fails_after_the_copy_started_and_leaves_nothing() {
+    // The tensor table is sound, so the copy starts; the full parse (a string value that
+    // is not UTF-8) and the description (a token id beyond the vocabulary) fail beside it.
+    let dir = tempfile::tempdir().unwrap();
+    let good = synthetic_model(3, 32);
+    let mut bad_utf8 = good.clone();
+    bad_utf8[after(&good, b"synthetic") - 1] = 0xff;
+    let mut bad_id = good.clone();
+    // The key, then its value type (u32), then the value.
+    let id_at = after(&good, b"tokenizer.ggml.bos_token_id") + 4;
+    bad_id[id_at..id_at + 4].copy_from_slice(&99u32.to_le_bytes());
+    for (name, bytes, expect) in [
+        ("utf8.gguf", bad_utf8, "UTF-8"),
+        ("id.gguf", bad_id, "tokenizer.ggml.bos_token_id"),
+    ] {
+        assert!(TensorTable::read(&bytes).is_ok());
+        let src = write(dir.path(), name, &bytes);
+        let dst = dir.path().join("out.smq");
+        let err = import(&src, &dst, &no_progress).unwrap_err().to_string();
+        assert!(err.contains(expect), "{name}: {err}");
+        assert!(!err.contains('\n'), "{err}");
+        assert!(!dst.exists());
+        std::fs::remove_file(&src).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "{name}");
+    }
+}
+
 #[test]
 fn hash_file_is_blake3_of_the_bytes() {
     let dir = tempfile::tempdir().unwrap();
@@ -222,6 +259,28 @@ fn hash_file_is_blake3_of_the_bytes() {
 /// The real models, if they are cached; `None` (with a note) otherwise.
 fn real_model(name: &str) -> Option<PathBuf> {
     crate::test_models::find(name)
+}
+
+/// The tensor-table scan (what an import copies from) finds what the full parse finds.
+fn assert_same_table(bytes: &[u8], f: &GgufFile) {
+    let t = TensorTable::read(bytes).unwrap();
+    assert_eq!(t.tensors, f.tensors);
+    assert_eq!(
+        (
+            t.version,
+            t.alignment,
+            t.data_offset,
+            t.file_size,
+            t.zero_padding
+        ),
+        (
+            f.version,
+            f.alignment,
+            f.data_offset,
+            f.file_size,
+            f.zero_padding
+        )
+    );
 }
 
 fn type_counts(f: &GgufFile) -> Vec<(GgmlType, usize)> {
@@ -249,6 +308,7 @@ fn real_smollm2_matches_gguf_py() {
     };
     let map = map_file(&path).unwrap();
     let f = GgufFile::parse(&map).unwrap();
+    assert_same_table(&map, &f);
     assert_eq!(f.version, 3);
     assert_eq!(f.file_size, 98_362_432);
     assert_eq!(f.metadata.entries.len(), 33);
@@ -320,6 +380,7 @@ fn real_gemma3_matches_gguf_py() {
     };
     let map = map_file(&path).unwrap();
     let f = GgufFile::parse(&map).unwrap();
+    assert_same_table(&map, &f);
     assert_eq!(f.version, 3);
     assert_eq!(f.file_size, 253_113_024);
     assert_eq!(f.metadata.entries.len(), 33);

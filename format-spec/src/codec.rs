@@ -13,8 +13,10 @@ use crate::error::{Error, Result};
 /// bombs and lying headers; real manifests and metadata are a few MB).
 pub const MAX_SECTION_RAW_LEN: u64 = 256 << 20;
 
-/// zstd level used by the writer (any level decodes the same).
-const ZSTD_LEVEL: i32 = 3;
+/// zstd level used by the writer (any level decodes the same). Level 1: on a 262k-token
+/// vocabulary it compresses about 1.6x faster than level 3 for 10% more bytes (0.4% of
+/// the file), and the sections are encoded while an import copies the tensor data.
+const ZSTD_LEVEL: i32 = 1;
 
 type Config = bincode::config::Configuration<
     bincode::config::LittleEndian,

@@ -24,4 +24,4 @@ pub use header::{
 };
 pub use manifest::*;
 pub use reader::{map_file, MappedModel, SmqFile};
-pub use writer::{align_up, hash_bytes, write_smq, TensorInput};
+pub use writer::{align_up, hash_bytes, write_smq, SmqDescription, TensorInput};

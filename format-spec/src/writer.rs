@@ -2,12 +2,15 @@
 //! then the manifest and metadata sections; atomically, hashed with blake3.
 //!
 //! The data section is copied out in large writes while other threads hash the tensors,
-//! encode the manifest and encode the metadata, so that the copy (which feeds the
+//! produce the description (an importer parses its source's metadata then), validate it
+//! and encode the manifest and metadata sections, so that the copy (which feeds the
 //! device) never waits for them. Write-back to the device is started as the data goes out,
 //! which leaves the final fsync little to wait for.
 
+use std::borrow::Cow;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::atomic::{start_writeback, AtomicFile};
 use crate::codec::encode_section;
@@ -31,20 +34,32 @@ pub struct TensorInput<'a> {
     pub bytes: &'a [u8],
 }
 
+/// A part of the file produced when the writer needs it, on a helper thread (see
+/// [`SmqParts`]).
+pub type Deferred<'a, T> = Box<dyn FnOnce() -> Result<T> + Send + 'a>;
+
 /// Produces the source file's blake3 when the writer needs it (see [`SmqParts`]).
-pub type DeferredHash<'a> = Box<dyn FnOnce() -> Result<[u8; 32]> + Send + 'a>;
+pub type DeferredHash<'a> = Deferred<'a, [u8; 32]>;
+
+/// Everything in an SMQ file besides the tensors.
+pub struct SmqDescription<'a> {
+    pub source: SourceInfo,
+    pub config: ModelConfig,
+    pub tokenizer: Option<TokenizerSpec>,
+    pub metadata: Cow<'a, Metadata>,
+}
 
 /// Everything an SMQ file is written from (see [`write_smq_parts`]).
 pub struct SmqParts<'a> {
-    pub source: SourceInfo,
-    /// When set, replaces `source.blake3`. It is called on a helper thread only once the
-    /// tensor hashes are done, so the caller can hash the source file concurrently and
-    /// hand over the result here.
-    pub source_blake3: Option<DeferredHash<'a>>,
-    pub config: ModelConfig,
-    pub tokenizer: Option<TokenizerSpec>,
-    pub metadata: &'a Metadata,
     pub tensors: &'a [TensorInput<'a>],
+    /// The rest of the file. Called on a helper thread as soon as the copy of the tensor
+    /// data starts, so a caller can parse it while the data goes out. Nothing is
+    /// committed before it is known and validated.
+    pub description: Deferred<'a, SmqDescription<'a>>,
+    /// When set, replaces `description.source.blake3`. It is called on a helper thread
+    /// only once the tensor hashes are done, so the caller can hash the source file
+    /// concurrently and hand over the result here.
+    pub source_blake3: Option<DeferredHash<'a>>,
 }
 
 /// A completely written SMQ file that is not yet durable nor at its path: [`commit`]
@@ -90,12 +105,16 @@ pub fn write_smq(
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<Manifest> {
     let parts = SmqParts {
-        source,
-        source_blake3: None,
-        config,
-        tokenizer,
-        metadata,
         tensors,
+        description: Box::new(move || {
+            Ok(SmqDescription {
+                source,
+                config,
+                tokenizer,
+                metadata: Cow::Borrowed(metadata),
+            })
+        }),
+        source_blake3: None,
     };
     write_smq_parts(path, parts, progress)?.commit()
 }
@@ -109,40 +128,44 @@ pub fn write_smq_parts(
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<WrittenSmq> {
     let SmqParts {
-        source,
-        source_blake3,
-        config,
-        tokenizer,
-        metadata,
         tensors,
+        description,
+        source_blake3,
     } = parts;
     let (entries, data_len) = layout(tensors)?;
-    let manifest = Manifest {
-        source,
-        config,
-        tokenizer,
-        tensors: entries,
-    };
-    // Refuse to write what a reader would refuse to open. Hashes are not part of the
-    // validation, so checking before they are known is complete.
-    validate_manifest(&manifest, data_len).map_err(|e| Error::Write(e.to_string()))?;
-    validate_metadata(metadata).map_err(|e| Error::Write(e.to_string()))?;
-
     let mut out = AtomicFile::create(path)?;
-    let offsets: Vec<u64> = manifest.tensors.iter().map(|e| e.offset).collect();
-    let (data, metadata_enc, manifest_enc) = std::thread::scope(|s| {
+    let offsets: Vec<u64> = entries.iter().map(|e| e.offset).collect();
+    // Set when the sections cannot be finished: the copy is pointless then.
+    let stop = AtomicBool::new(false);
+    let (data, sections) = std::thread::scope(|s| {
         // The copy below is the one serial stream feeding the device (buffered writes to
-        // one file do not run in parallel), so everything else runs beside it: hashing
-        // and then the manifest (which holds the hashes) on one thread, the metadata
-        // section on another.
-        let manifest_enc = s.spawn(move || finish_manifest(manifest, tensors, source_blake3));
-        let metadata_enc = s.spawn(|| encode_section(metadata, "metadata"));
-        let data = write_data(&mut out, tensors, &offsets, data_len, progress);
-        (data, join(metadata_enc), join(manifest_enc))
+        // one file do not run in parallel), so everything else runs beside it: the
+        // tensor hashes on one thread; the description, its validation and both encoded
+        // sections on another.
+        let hashes = s.spawn(|| tensor_hashes(tensors, &stop));
+        let sections = s.spawn(|| {
+            let sections = finish_sections(entries, data_len, description, hashes, source_blake3);
+            if sections.is_err() {
+                stop.store(true, Ordering::Relaxed);
+            }
+            sections
+        });
+        let data = write_data(&mut out, tensors, &offsets, data_len, progress, &stop);
+        if data.is_err() {
+            stop.store(true, Ordering::Relaxed);
+        }
+        (data, join(sections))
     });
+    // A failed copy stops the hashing, so its error comes first; a failed description
+    // stops the copy early (without an error of its own).
     data.map_err(|e| Error::io(out.temp_path(), e))?;
-    let (metadata_bytes, metadata_raw_len) = metadata_enc?;
-    let (manifest, manifest_bytes, manifest_raw_len) = manifest_enc?;
+    let Sections {
+        manifest,
+        manifest_bytes,
+        manifest_raw_len,
+        metadata_bytes,
+        metadata_raw_len,
+    } = sections?;
 
     let data = Section {
         offset: DATA_ALIGNMENT,
@@ -212,22 +235,72 @@ fn layout(tensors: &[TensorInput<'_>]) -> Result<(Vec<TensorEntry>, u64)> {
     Ok((entries, end))
 }
 
-/// Fills in the tensor hashes and the source hash, then encodes the manifest. Returns
-/// the finished manifest, its stored bytes and its decoded length.
-fn finish_manifest(
-    mut manifest: Manifest,
-    tensors: &[TensorInput<'_>],
+/// The finished manifest and both encoded sections (stored bytes, decoded length).
+struct Sections {
+    manifest: Manifest,
+    manifest_bytes: Vec<u8>,
+    manifest_raw_len: u64,
+    metadata_bytes: Vec<u8>,
+    metadata_raw_len: u64,
+}
+
+/// blake3 of every tensor, on one thread (the other core is busy copying the same bytes
+/// out); `None` once `stop` is set.
+fn tensor_hashes(tensors: &[TensorInput<'_>], stop: &AtomicBool) -> Option<Vec<[u8; 32]>> {
+    let mut hashes = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        hashes.push(*blake3::hash(t.bytes).as_bytes());
+    }
+    Some(hashes)
+}
+
+/// Produces and validates the description, encodes the metadata section, then fills in
+/// the tensor hashes and the source hash and encodes the manifest.
+fn finish_sections(
+    entries: Vec<TensorEntry>,
+    data_len: u64,
+    description: Deferred<'_, SmqDescription<'_>>,
+    hashes: std::thread::ScopedJoinHandle<'_, Option<Vec<[u8; 32]>>>,
     source_blake3: Option<DeferredHash<'_>>,
-) -> Result<(Manifest, Vec<u8>, u64)> {
-    for (e, t) in manifest.tensors.iter_mut().zip(tensors) {
-        // One thread: the other core is busy copying the same bytes out.
-        e.blake3 = *blake3::hash(t.bytes).as_bytes();
+) -> Result<Sections> {
+    let SmqDescription {
+        source,
+        config,
+        tokenizer,
+        metadata,
+    } = description()?;
+    let mut manifest = Manifest {
+        source,
+        config,
+        tokenizer,
+        tensors: entries,
+    };
+    // Refuse to write what a reader would refuse to open. Hashes are not part of the
+    // validation, so checking before they are known is complete.
+    validate_manifest(&manifest, data_len).map_err(|e| Error::Write(e.to_string()))?;
+    validate_metadata(&metadata).map_err(|e| Error::Write(e.to_string()))?;
+    let (metadata_bytes, metadata_raw_len) = encode_section(&*metadata, "metadata")?;
+    // An owned metadata (a whole vocabulary) is released here, beside the copy.
+    drop(metadata);
+
+    let hashes = join(hashes).ok_or_else(|| Error::Write("tensor hashing stopped".into()))?;
+    for (e, h) in manifest.tensors.iter_mut().zip(hashes) {
+        e.blake3 = h;
     }
     if let Some(h) = source_blake3 {
         manifest.source.blake3 = h()?;
     }
-    let (bytes, raw_len) = encode_section(&manifest, "manifest")?;
-    Ok((manifest, bytes, raw_len))
+    let (manifest_bytes, manifest_raw_len) = encode_section(&manifest, "manifest")?;
+    Ok(Sections {
+        manifest,
+        manifest_bytes,
+        manifest_raw_len,
+        metadata_bytes,
+        metadata_raw_len,
+    })
 }
 
 /// Writes the header placeholder, the zeros up to the data section and the data section
@@ -240,6 +313,7 @@ fn write_data(
     offsets: &[u64],
     data_len: u64,
     progress: &(dyn Fn(u64, u64) + Sync),
+    stop: &AtomicBool,
 ) -> std::io::Result<()> {
     let flusher_file = out.file().try_clone()?;
     let (requests, pending) = std::sync::mpsc::channel::<(u64, u64)>();
@@ -257,6 +331,10 @@ fn write_data(
             write_zeros(out, offset - pos)?;
             pos = offset;
             for piece in t.bytes.chunks(MAX_WRITE) {
+                if stop.load(Ordering::Relaxed) {
+                    // The file cannot be finished; the caller reports why.
+                    return Ok(());
+                }
                 out.write_all(piece)?;
                 pos += piece.len() as u64;
                 let written = DATA_ALIGNMENT + pos;
@@ -363,12 +441,16 @@ mod tests {
         source_blake3: Option<DeferredHash<'a>>,
     ) -> SmqParts<'a> {
         SmqParts {
-            source: source(),
-            source_blake3,
-            config: ModelConfig::default(),
-            tokenizer: None,
-            metadata,
             tensors,
+            description: Box::new(|| {
+                Ok(SmqDescription {
+                    source: source(),
+                    config: ModelConfig::default(),
+                    tokenizer: None,
+                    metadata: Cow::Borrowed(metadata),
+                })
+            }),
+            source_blake3,
         }
     }
 
@@ -458,6 +540,17 @@ mod tests {
             .err()
             .expect("a failing source hash fails the write");
         assert!(err.to_string().contains("no hash"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        // A description that fails stops the copy and leaves nothing either.
+        let failing = SmqParts {
+            tensors: &tensors,
+            description: Box::new(|| Err(Error::Write("no description".into()))),
+            source_blake3: None,
+        };
+        let err = write_smq_parts(&path, failing, &|_, _| {})
+            .err()
+            .expect("a failing description fails the write");
+        assert!(err.to_string().contains("no description"), "{err}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

@@ -4,7 +4,7 @@ pub mod reader;
 pub mod writer;
 
 pub use reader::{
-    align_up, GgufFile, TensorInfo, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ARRAY_DEPTH,
+    align_up, GgufFile, TensorInfo, TensorTable, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ARRAY_DEPTH,
     MAX_METADATA_VALUES,
 };
 pub use writer::{layout_offsets, write_gguf, write_header, GgufBuilder, GgufLayout, TensorWrite};

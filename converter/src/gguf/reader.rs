@@ -53,15 +53,11 @@ pub(crate) mod value_type {
 /// Used to prove a declared element count fits in the bytes left before allocating.
 fn min_encoded_size(ty: u32) -> Option<u64> {
     use value_type::*;
-    Some(match ty {
-        U8 | I8 | BOOL => 1,
-        U16 | I16 => 2,
-        U32 | I32 | F32 => 4,
-        U64 | I64 | F64 => 8,
-        STRING => 8,    // the length prefix of an empty string
-        ARRAY => 4 + 8, // element type and count of an empty array
-        _ => return None,
-    })
+    match ty {
+        STRING => Some(8),    // the length prefix of an empty string
+        ARRAY => Some(4 + 8), // element type and count of an empty array
+        _ => fixed_size(ty),
+    }
 }
 
 /// Smallest encoded tensor info: name length, n_dims, one dim, type, offset.
@@ -104,48 +100,55 @@ pub struct GgufFile {
     pub zero_padding: bool,
 }
 
+/// The tensor-info table of a GGUF file and where its data lies: everything needed to
+/// copy the tensors, read without decoding the metadata values (see
+/// [`TensorTable::read`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorTable {
+    pub version: u32,
+    /// Tensor data alignment (`general.alignment` or 32).
+    pub alignment: u64,
+    /// Tensor infos in file order.
+    pub tensors: Vec<TensorInfo>,
+    /// Absolute offset where the tensor-info table ends.
+    pub tensor_info_end: u64,
+    /// Absolute offset of the data section (`tensor_info_end` rounded up to `alignment`).
+    pub data_offset: u64,
+    /// Length of the parsed byte slice.
+    pub file_size: u64,
+    /// True when every byte that is neither header nor tensor data is zero.
+    pub zero_padding: bool,
+}
+
+impl TensorTable {
+    /// Reads the tensor table of the GGUF file in `bytes`, stepping over the metadata
+    /// values instead of decoding them (no allocation per value), so that a large
+    /// vocabulary costs a scan rather than a parse. The bounds checks are those of
+    /// [`GgufFile::parse`]; checks on the values themselves (UTF-8, bool bytes,
+    /// duplicate keys) are left to it, so a file that passes here may still fail there.
+    pub fn read(bytes: &[u8]) -> Result<TensorTable> {
+        Ok(parse_layout(bytes, Values::Skip)?.1)
+    }
+
+    /// The bytes of `tensor` inside `bytes` (the slice this table was read from).
+    pub fn tensor_data<'a>(&self, bytes: &'a [u8], tensor: &TensorInfo) -> Result<&'a [u8]> {
+        tensor_data(bytes, self.data_offset, tensor)
+    }
+}
+
 impl GgufFile {
     /// Parses and validates a whole GGUF file held in `bytes`.
     pub fn parse(bytes: &[u8]) -> Result<GgufFile> {
-        let mut c = Cursor::new(bytes);
-
-        let magic = c.take(4, "magic")?;
-        if magic != GGUF_MAGIC {
-            return Err(Error::gguf(format!(
-                "bad magic {magic:02x?} (expected \"GGUF\")"
-            )));
-        }
-        let version = c.u32("version")?;
-        match version {
-            2 | 3 => {}
-            1 => return Err(Error::gguf("GGUF version 1 is not supported")),
-            v if matches!(v.swap_bytes(), 1..=3) => {
-                return Err(Error::gguf("big-endian GGUF files are not supported"))
-            }
-            v => return Err(Error::gguf(format!("unknown GGUF version {v}"))),
-        }
-
-        let tensor_count = c.u64("tensor count")?;
-        let kv_count = c.u64("metadata key/value count")?;
-        c.check_count(tensor_count, MIN_TENSOR_INFO_SIZE, "tensor count")?;
-        c.check_count(kv_count, MIN_KV_SIZE, "metadata key/value count")?;
-
-        let metadata = read_metadata(&mut c, kv_count)?;
-        let alignment = alignment_of(&metadata)?;
-        let tensors = read_tensor_infos(&mut c, tensor_count, alignment)?;
-
-        let tensor_info_end = c.pos as u64;
-        let file_size = bytes.len() as u64;
-        let data_offset = align_up(tensor_info_end, alignment)
-            .ok_or_else(|| Error::gguf("data section offset overflows"))?;
-        if data_offset > file_size {
-            return Err(Error::gguf(format!(
-                "file ends at byte {file_size}, before its data section at {data_offset}"
-            )));
-        }
-
-        let zero_padding = check_tensor_layout(bytes, &tensors, data_offset, tensor_info_end)?;
-
+        let (metadata, table) = parse_layout(bytes, Values::Decode)?;
+        let TensorTable {
+            version,
+            alignment,
+            tensors,
+            tensor_info_end,
+            data_offset,
+            file_size,
+            zero_padding,
+        } = table;
         Ok(GgufFile {
             version,
             metadata,
@@ -169,18 +172,83 @@ impl GgufFile {
 
     /// The bytes of `tensor` inside `bytes` (the slice this file was parsed from).
     pub fn tensor_data<'a>(&self, bytes: &'a [u8], tensor: &TensorInfo) -> Result<&'a [u8]> {
-        let start = self
-            .data_offset
-            .checked_add(tensor.offset)
-            .and_then(|s| usize::try_from(s).ok());
-        let end = start.and_then(|s| s.checked_add(usize::try_from(tensor.size).ok()?));
-        match (start, end) {
-            (Some(s), Some(e)) if e <= bytes.len() => Ok(&bytes[s..e]),
-            _ => Err(Error::gguf(format!(
-                "tensor `{}` lies outside the given bytes",
-                tensor.name
-            ))),
+        tensor_data(bytes, self.data_offset, tensor)
+    }
+}
+
+/// Whether a parse decodes the metadata values or only steps over them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Values {
+    Decode,
+    /// Steps over every value except `general.alignment` (the table needs it); the
+    /// returned metadata holds only that entry.
+    Skip,
+}
+
+/// Header, metadata and tensor table of the GGUF file in `bytes`.
+fn parse_layout(bytes: &[u8], values: Values) -> Result<(Metadata, TensorTable)> {
+    let mut c = Cursor::new(bytes);
+
+    let magic = c.take(4, "magic")?;
+    if magic != GGUF_MAGIC {
+        return Err(Error::gguf(format!(
+            "bad magic {magic:02x?} (expected \"GGUF\")"
+        )));
+    }
+    let version = c.u32("version")?;
+    match version {
+        2 | 3 => {}
+        1 => return Err(Error::gguf("GGUF version 1 is not supported")),
+        v if matches!(v.swap_bytes(), 1..=3) => {
+            return Err(Error::gguf("big-endian GGUF files are not supported"))
         }
+        v => return Err(Error::gguf(format!("unknown GGUF version {v}"))),
+    }
+
+    let tensor_count = c.u64("tensor count")?;
+    let kv_count = c.u64("metadata key/value count")?;
+    c.check_count(tensor_count, MIN_TENSOR_INFO_SIZE, "tensor count")?;
+    c.check_count(kv_count, MIN_KV_SIZE, "metadata key/value count")?;
+
+    let metadata = read_metadata(&mut c, kv_count, values)?;
+    let alignment = alignment_of(&metadata)?;
+    let tensors = read_tensor_infos(&mut c, tensor_count, alignment)?;
+
+    let tensor_info_end = c.pos as u64;
+    let file_size = bytes.len() as u64;
+    let data_offset = align_up(tensor_info_end, alignment)
+        .ok_or_else(|| Error::gguf("data section offset overflows"))?;
+    if data_offset > file_size {
+        return Err(Error::gguf(format!(
+            "file ends at byte {file_size}, before its data section at {data_offset}"
+        )));
+    }
+
+    let zero_padding = check_tensor_layout(bytes, &tensors, data_offset, tensor_info_end)?;
+    let table = TensorTable {
+        version,
+        alignment,
+        tensors,
+        tensor_info_end,
+        data_offset,
+        file_size,
+        zero_padding,
+    };
+    Ok((metadata, table))
+}
+
+/// The bytes of `tensor` in a GGUF file's `bytes` whose data section starts at `data_offset`.
+fn tensor_data<'a>(bytes: &'a [u8], data_offset: u64, tensor: &TensorInfo) -> Result<&'a [u8]> {
+    let start = data_offset
+        .checked_add(tensor.offset)
+        .and_then(|s| usize::try_from(s).ok());
+    let end = start.and_then(|s| s.checked_add(usize::try_from(tensor.size).ok()?));
+    match (start, end) {
+        (Some(s), Some(e)) if e <= bytes.len() => Ok(&bytes[s..e]),
+        _ => Err(Error::gguf(format!(
+            "tensor `{}` lies outside the given bytes",
+            tensor.name
+        ))),
     }
 }
 
@@ -205,21 +273,99 @@ fn alignment_of(metadata: &Metadata) -> Result<u64> {
     }
 }
 
-fn read_metadata(c: &mut Cursor<'_>, kv_count: u64) -> Result<Metadata> {
+fn read_metadata(c: &mut Cursor<'_>, kv_count: u64, values: Values) -> Result<Metadata> {
     // check_count proved kv_count * MIN_KV_SIZE fits in the slice, so this is bounded.
     c.spend_values(kv_count, "metadata key/value count")?;
-    let mut entries = Vec::with_capacity(kv_count as usize);
-    let mut seen = HashSet::with_capacity(kv_count as usize);
+    let mut entries = Vec::with_capacity(if values == Values::Decode {
+        kv_count as usize
+    } else {
+        1
+    });
+    let mut seen = HashSet::with_capacity(entries.capacity());
     for i in 0..kv_count {
-        let key = c.string(|| format!("key of metadata entry {i}"))?;
-        if !seen.insert(key.clone()) {
+        let key = c.str(|| format!("key of metadata entry {i}"))?;
+        let ty = c.u32("metadata value type")?;
+        if values == Values::Skip && key != ALIGNMENT_KEY {
+            skip_value(c, ty, 0, key)?;
+            continue;
+        }
+        if !seen.insert(key) {
             return Err(Error::gguf(format!("duplicate metadata key `{key}`")));
         }
-        let ty = c.u32("metadata value type")?;
-        let value = read_value(c, ty, 0, &key)?;
-        entries.push(MetadataEntry { key, value });
+        let value = read_value(c, ty, 0, key)?;
+        entries.push(MetadataEntry {
+            key: key.to_owned(),
+            value,
+        });
     }
     Ok(Metadata { entries })
+}
+
+/// Byte size of one value of a fixed-size type, `None` for strings, arrays and unknown
+/// types.
+fn fixed_size(ty: u32) -> Option<u64> {
+    use value_type::*;
+    Some(match ty {
+        U8 | I8 | BOOL => 1,
+        U16 | I16 => 2,
+        U32 | I32 | F32 => 4,
+        U64 | I64 | F64 => 8,
+        _ => return None,
+    })
+}
+
+/// Steps over one value of type `ty` with the bounds, depth and count checks of
+/// [`read_value`], without decoding it.
+fn skip_value(c: &mut Cursor<'_>, ty: u32, depth: usize, key: &str) -> Result<()> {
+    use value_type::*;
+    let what = || format!("value of `{key}`");
+    match ty {
+        STRING => {
+            let len = c.u64(what)?;
+            c.take(len, what)?;
+        }
+        ARRAY => {
+            let (element_type, count) = array_header(c, depth, key)?;
+            match fixed_size(element_type) {
+                // check_count proved count * size fits in the bytes left.
+                Some(size) => {
+                    c.take(count * size, what)?;
+                }
+                None => {
+                    for _ in 0..count {
+                        skip_value(c, element_type, depth + 1, key)?;
+                    }
+                }
+            }
+        }
+        other => {
+            let size = fixed_size(other).ok_or_else(|| {
+                Error::gguf(format!("`{key}`: unknown metadata value type {other}"))
+            })?;
+            c.take(size, what)?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads an array's element type and length once they are shown to be possible: known
+/// type, nesting within bounds, length fitting in the bytes left and in the value budget.
+fn array_header(c: &mut Cursor<'_>, depth: usize, key: &str) -> Result<(u32, u64)> {
+    if depth + 1 > MAX_ARRAY_DEPTH {
+        return Err(Error::gguf(format!(
+            "`{key}`: arrays nested deeper than {MAX_ARRAY_DEPTH}"
+        )));
+    }
+    let element_type = c.u32("array element type")?;
+    let min = min_encoded_size(element_type).ok_or_else(|| {
+        Error::gguf(format!(
+            "`{key}`: unknown array element type {element_type}"
+        ))
+    })?;
+    let count = c.u64("array length")?;
+    c.check_count(count, min, || format!("array length of `{key}`"))?;
+    c.spend_values(count, || format!("array `{key}`"))?;
+    Ok((element_type, count))
 }
 
 /// Reads one value of type `ty`; `depth` is the number of arrays enclosing it.
@@ -245,22 +391,9 @@ fn read_value(c: &mut Cursor<'_>, ty: u32, depth: usize, key: &str) -> Result<Me
                 return Err(Error::gguf(format!("`{key}`: bool byte {b} is not 0 or 1")));
             }
         },
-        STRING => MetadataValue::String(c.string(what)?),
+        STRING => MetadataValue::String(c.str(what)?.to_owned()),
         ARRAY => {
-            if depth + 1 > MAX_ARRAY_DEPTH {
-                return Err(Error::gguf(format!(
-                    "`{key}`: arrays nested deeper than {MAX_ARRAY_DEPTH}"
-                )));
-            }
-            let element_type = c.u32("array element type")?;
-            let min = min_encoded_size(element_type).ok_or_else(|| {
-                Error::gguf(format!(
-                    "`{key}`: unknown array element type {element_type}"
-                ))
-            })?;
-            let count = c.u64("array length")?;
-            c.check_count(count, min, || format!("array length of `{key}`"))?;
-            c.spend_values(count, || format!("array `{key}`"))?;
+            let (element_type, count) = array_header(c, depth, key)?;
             let mut items = Vec::with_capacity(count as usize);
             for _ in 0..count {
                 items.push(read_value(c, element_type, depth + 1, key)?);
@@ -282,7 +415,7 @@ fn read_tensor_infos(c: &mut Cursor<'_>, count: u64, alignment: u64) -> Result<V
     let mut tensors = Vec::with_capacity(count as usize);
     let mut names = HashSet::with_capacity(count as usize);
     for i in 0..count {
-        let name = c.string(|| format!("name of tensor {i}"))?;
+        let name = c.str(|| format!("name of tensor {i}"))?.to_owned();
         if !names.insert(name.clone()) {
             return Err(Error::gguf(format!("duplicate tensor name `{name}`")));
         }
@@ -457,12 +590,12 @@ impl<'a> Cursor<'a> {
     }
 
     /// A length-prefixed UTF-8 string. `what` is built lazily (only for errors).
-    fn string(&mut self, what: impl What) -> Result<String> {
+    fn str(&mut self, what: impl What) -> Result<&'a str> {
         let len = self.u64(|| what.describe())?;
         let start = self.pos;
         let raw = self.take(len, || what.describe())?;
         match std::str::from_utf8(raw) {
-            Ok(s) => Ok(s.to_owned()),
+            Ok(s) => Ok(s),
             Err(e) => Err(Error::gguf(format!(
                 "{} at byte {start}: invalid UTF-8 ({e})",
                 what.describe()

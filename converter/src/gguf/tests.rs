@@ -131,6 +131,7 @@ fn round_trip_every_type_version_and_alignment() {
                 }
             }
             assert_eq!(f.tensor("empty").unwrap().size, 0);
+            assert_eq!(TensorTable::read(&bytes).unwrap(), table_of(&f));
             // The NaN payload survives bit for bit.
             match f.metadata.get("t.f32_nan") {
                 Some(MetadataValue::F32(x)) => assert_eq!(x.to_bits(), 0x7fc0_1234),
@@ -175,6 +176,19 @@ fn default_alignment_without_key() {
     assert_eq!(f.data_offset % 32, 0);
 }
 
+/// The tensor table a full parse found, for comparison with [`TensorTable::read`].
+fn table_of(f: &GgufFile) -> TensorTable {
+    TensorTable {
+        version: f.version,
+        alignment: f.alignment,
+        tensors: f.tensors.clone(),
+        tensor_info_end: f.tensor_info_end,
+        data_offset: f.data_offset,
+        file_size: f.file_size,
+        zero_padding: f.zero_padding,
+    }
+}
+
 fn small_file() -> Vec<u8> {
     GgufBuilder::new(3)
         .kv(
@@ -206,12 +220,16 @@ fn truncation_at_every_offset_is_an_error() {
     );
     for len in 0..bytes.len() {
         let r = GgufFile::parse(&bytes[..len]);
+        let scan = TensorTable::read(&bytes[..len]);
         if (len as u64) < content_end {
             let msg = r.expect_err("truncated file parsed").to_string();
             assert!(!msg.contains('\n'), "multi-line error: {msg}");
+            // The scan checks the same bounds.
+            assert!(scan.is_err(), "cut at {len}: the scan read a table");
         } else {
             // Only trailing padding is missing: still a complete file.
             assert!(r.is_ok(), "cut at {len} inside the final padding failed");
+            assert_eq!(scan.unwrap(), table_of(&r.unwrap()));
         }
     }
 }
@@ -224,7 +242,11 @@ fn every_single_byte_corruption_is_handled() {
         for flip in [0x01u8, 0x80, 0xff] {
             let mut b = bytes.clone();
             b[i] ^= flip;
-            let _ = GgufFile::parse(&b);
+            let scan = TensorTable::read(&b);
+            // The scan is never stricter than the parse, and never disagrees with it.
+            if let Ok(f) = GgufFile::parse(&b) {
+                assert_eq!(scan.unwrap(), table_of(&f), "byte {i} ^ {flip:#x}");
+            }
         }
     }
 }
@@ -274,6 +296,14 @@ impl Raw {
     }
 }
 
+/// Like [`parse_err`], for errors in the file's structure (counts, lengths, nesting,
+/// bounds), which the tensor-table scan must find too.
+fn structural_err(bytes: &[u8]) -> String {
+    let scan = TensorTable::read(bytes).expect_err("the scan read a hostile file");
+    assert!(matches!(scan, Error::Gguf(_)), "{scan:?}");
+    parse_err(bytes)
+}
+
 fn parse_err(bytes: &[u8]) -> String {
     match GgufFile::parse(bytes) {
         Ok(_) => panic!("parsed a hostile file"),
@@ -306,16 +336,16 @@ fn bad_magic_and_versions() {
 
 #[test]
 fn absurd_counts_and_lengths_fail_without_allocating() {
-    let msg = parse_err(&Raw::header(3, 1 << 60, 0).data(64));
+    let msg = structural_err(&Raw::header(3, 1 << 60, 0).data(64));
     assert!(msg.contains("tensor count"), "{msg}");
-    let msg = parse_err(&Raw::header(3, 0, u64::MAX).data(64));
+    let msg = structural_err(&Raw::header(3, 0, u64::MAX).data(64));
     assert!(msg.contains("key/value count"), "{msg}");
     // A 2^40-byte key.
     let bytes = Raw::header(3, 0, 1).u64(1 << 40).bytes(b"abc").data(64);
-    assert!(parse_err(&bytes).contains("truncated"));
+    assert!(structural_err(&bytes).contains("truncated"));
     // A 2^40-byte string value.
     let bytes = Raw::header(3, 0, 1).str(b"k").u32(8).u64(1 << 40).data(64);
-    assert!(parse_err(&bytes).contains("truncated"));
+    assert!(structural_err(&bytes).contains("truncated"));
     // Arrays of 2^62 elements, of scalars, strings and arrays.
     for ty in [0u32, 8, 9, 12] {
         let bytes = Raw::header(3, 0, 1)
@@ -324,7 +354,7 @@ fn absurd_counts_and_lengths_fail_without_allocating() {
             .u32(ty)
             .u64(1 << 62)
             .data(64);
-        let msg = parse_err(&bytes);
+        let msg = structural_err(&bytes);
         assert!(msg.contains("array length"), "{msg}");
     }
     // Within the bytes left but beyond the value budget: 2^24 one-byte elements.
@@ -334,7 +364,7 @@ fn absurd_counts_and_lengths_fail_without_allocating() {
         .u32(0)
         .u64(1 << 24)
         .data(1 << 24);
-    assert!(parse_err(&bytes).contains("more than"));
+    assert!(structural_err(&bytes).contains("more than"));
     // u64::MAX elements: the size check itself must not overflow.
     let bytes = Raw::header(3, 0, 1)
         .str(b"k")
@@ -342,7 +372,7 @@ fn absurd_counts_and_lengths_fail_without_allocating() {
         .u32(12)
         .u64(u64::MAX)
         .data(64);
-    assert!(parse_err(&bytes).contains("array length"));
+    assert!(structural_err(&bytes).contains("array length"));
 }
 
 #[test]
@@ -356,17 +386,17 @@ fn nesting_depth_is_bounded() {
     };
     let ok = GgufFile::parse(&nested(MAX_ARRAY_DEPTH)).unwrap();
     assert_eq!(ok.metadata.entries.len(), 1);
-    assert!(parse_err(&nested(MAX_ARRAY_DEPTH + 1)).contains("nested"));
+    assert!(structural_err(&nested(MAX_ARRAY_DEPTH + 1)).contains("nested"));
     // A million levels must not blow the stack either.
-    assert!(parse_err(&nested(1_000_000)).contains("nested"));
+    assert!(structural_err(&nested(1_000_000)).contains("nested"));
 }
 
 #[test]
 fn bad_values() {
     let unknown = Raw::header(3, 0, 1).str(b"k").u32(13).u32(0).data(0);
-    assert!(parse_err(&unknown).contains("unknown metadata value type 13"));
+    assert!(structural_err(&unknown).contains("unknown metadata value type 13"));
     let unknown_elem = Raw::header(3, 0, 1).str(b"k").u32(9).u32(99).u64(0).data(0);
-    assert!(parse_err(&unknown_elem).contains("unknown array element type 99"));
+    assert!(structural_err(&unknown_elem).contains("unknown array element type 99"));
     let bad_bool = Raw::header(3, 0, 1).str(b"k").u32(7).bytes(&[2]).data(0);
     assert!(parse_err(&bad_bool).contains("bool"));
     let bad_key = Raw::header(3, 0, 1)
@@ -415,7 +445,7 @@ fn bad_alignment_values() {
         } else {
             r.u32(payload as u32)
         };
-        let msg = parse_err(&r.data(0));
+        let msg = structural_err(&r.data(0));
         assert!(msg.contains("general.alignment"), "{msg}");
     }
 }
@@ -487,7 +517,7 @@ fn bad_tensor_infos() {
         ),
     ];
     for (bytes, expect) in cases {
-        let msg = parse_err(&bytes);
+        let msg = structural_err(&bytes);
         assert!(msg.contains(expect), "expected `{expect}` in: {msg}");
     }
 }
