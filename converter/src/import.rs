@@ -121,7 +121,7 @@ fn describe<'a>(
     table: &TensorTable,
 ) -> Result<SmqDescription<'a>> {
     let gguf = GgufFile::parse(bytes).map_err(|e| with_path(src, e))?;
-    if gguf.tensors != table.tensors || gguf.data_offset != table.data_offset {
+    if gguf.table != *table {
         // Only possible if the file changed under the map between the two reads.
         return Err(Error::Invalid(format!(
             "{}: the tensor table changed while it was read",

@@ -12,6 +12,7 @@ pub mod ggml_type;
 pub mod header;
 pub mod manifest;
 pub mod reader;
+pub mod span_writer;
 pub mod validate;
 pub mod writer;
 

@@ -21,6 +21,7 @@ use crate::header::{
 use crate::manifest::{
     Manifest, Metadata, ModelConfig, SourceInfo, TensorEntry, TensorLayout, TokenizerSpec,
 };
+use crate::span_writer::{write_spans, Part};
 use crate::validate::{validate_manifest, validate_metadata};
 use crate::GgmlType;
 
@@ -79,13 +80,6 @@ impl WrittenSmq {
         Ok(self.manifest)
     }
 }
-
-/// Largest single write of tensor bytes; bounds how long one system call runs between
-/// progress reports and write-back requests.
-const MAX_WRITE: usize = 8 << 20;
-
-/// Bytes written between requests to start write-back to the device.
-const WRITEBACK_STEP: u64 = 8 << 20;
 
 /// Rounds `v` up to a multiple of `align` (a power of two), `None` on overflow.
 pub fn align_up(v: u64, align: u64) -> Option<u64> {
@@ -304,9 +298,10 @@ fn finish_sections(
 }
 
 /// Writes the header placeholder, the zeros up to the data section and the data section
-/// itself: tensors at their offsets (relative to the data section), zero padding between.
-/// Write-back is requested every few MB, from a thread of its own so that the kernel's
-/// block allocation and I/O submission for it run beside the copy.
+/// itself: tensors at their offsets (relative to the data section), zero padding between,
+/// in aligned spans (see [`span_writer`]). Write-back is requested after every span, from
+/// a thread of its own so that the kernel's block allocation and I/O submission for it
+/// run beside the copy. Returns early, without an error, once `stop` is set.
 fn write_data(
     out: &mut AtomicFile,
     tensors: &[TensorInput<'_>],
@@ -315,6 +310,14 @@ fn write_data(
     progress: &(dyn Fn(u64, u64) + Sync),
     stop: &AtomicBool,
 ) -> std::io::Result<()> {
+    let parts: Vec<Part<'_>> = tensors
+        .iter()
+        .zip(offsets)
+        .map(|(t, &offset)| Part {
+            offset: DATA_ALIGNMENT + offset,
+            bytes: t.bytes,
+        })
+        .collect();
     let flusher_file = out.file().try_clone()?;
     let (requests, pending) = std::sync::mpsc::channel::<(u64, u64)>();
     std::thread::scope(|s| {
@@ -323,32 +326,18 @@ fn write_data(
                 start_writeback(&flusher_file, offset, len);
             }
         });
-        write_zeros(out, DATA_ALIGNMENT)?;
-        let mut pos = 0u64;
         // File offset up to which write-back has been requested.
         let mut flushed = 0u64;
-        for (t, &offset) in tensors.iter().zip(offsets) {
-            write_zeros(out, offset - pos)?;
-            pos = offset;
-            for piece in t.bytes.chunks(MAX_WRITE) {
-                if stop.load(Ordering::Relaxed) {
-                    // The file cannot be finished; the caller reports why.
-                    return Ok(());
-                }
-                out.write_all(piece)?;
-                pos += piece.len() as u64;
-                let written = DATA_ALIGNMENT + pos;
-                if written - flushed >= WRITEBACK_STEP {
-                    // The flusher only ends with this scope, so the send cannot fail.
-                    let _ = requests.send((flushed, written - flushed));
-                    flushed = written;
-                }
-                progress(pos, data_len);
-            }
-        }
+        let written = write_spans(out.file(), &parts, DATA_ALIGNMENT + data_len, |written| {
+            // The flusher only ends with this scope, so the send cannot fail.
+            let _ = requests.send((flushed, written - flushed));
+            flushed = written;
+            progress(written.saturating_sub(DATA_ALIGNMENT), data_len);
+            !stop.load(Ordering::Relaxed)
+        });
         // Closing the channel lets the flusher finish.
         drop(requests);
-        Ok(())
+        written
     })
 }
 
@@ -413,7 +402,7 @@ mod tests {
                 .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ seed as u8)
                 .collect()
         };
-        let big = (MAX_WRITE + WRITEBACK_STEP as usize) / 4 + 5;
+        let big = (2 * crate::span_writer::SPAN as usize) / 4 + 5;
         vec![
             (GgmlType::F32, vec![3], mk(12, 1)),
             (GgmlType::F32, vec![big as u64], mk(big * 4, 2)),
@@ -483,11 +472,13 @@ mod tests {
             pos = (e.offset + e.size) as usize;
         }
         assert!(file[HEADER_LEN..data].iter().all(|&b| b == 0));
-        // Progress rises to the data length and the big tensor reports in steps.
+        // Progress rises to the data length, once per span of the file.
         let seen = seen.into_inner().unwrap();
         assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0));
         assert_eq!(seen.last(), Some(&(pos as u64, pos as u64)));
-        assert!(seen.len() > owned.len());
+        let spans = (DATA_ALIGNMENT + pos as u64).div_ceil(crate::span_writer::SPAN);
+        assert!(spans >= 3);
+        assert_eq!(seen.len() as u64, spans);
     }
 
     #[test]

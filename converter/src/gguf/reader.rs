@@ -78,13 +78,22 @@ pub struct TensorInfo {
     pub size: u64,
 }
 
-/// A parsed and validated GGUF file. Tensor bytes are not copied: slice them out of the
-/// same bytes with [`GgufFile::tensor_data`].
+/// A parsed and validated GGUF file: its metadata and its tensor table, whose fields
+/// read as the file's own (`gguf.tensors`, `gguf.data_offset`) through `Deref`. Tensor
+/// bytes are not copied: slice them out of the same bytes with
+/// [`TensorTable::tensor_data`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct GgufFile {
-    pub version: u32,
     /// Every key/value in file order.
     pub metadata: Metadata,
+    pub table: TensorTable,
+}
+
+/// The tensor-info table of a GGUF file and where its data lies: everything needed to
+/// copy the tensors. [`TensorTable::read`] reads it without decoding the metadata values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorTable {
+    pub version: u32,
     /// Tensor data alignment (`general.alignment` or 32).
     pub alignment: u64,
     /// Tensor infos in file order.
@@ -100,24 +109,20 @@ pub struct GgufFile {
     pub zero_padding: bool,
 }
 
-/// The tensor-info table of a GGUF file and where its data lies: everything needed to
-/// copy the tensors, read without decoding the metadata values (see
-/// [`TensorTable::read`]).
-#[derive(Clone, Debug, PartialEq)]
-pub struct TensorTable {
-    pub version: u32,
-    /// Tensor data alignment (`general.alignment` or 32).
-    pub alignment: u64,
-    /// Tensor infos in file order.
-    pub tensors: Vec<TensorInfo>,
-    /// Absolute offset where the tensor-info table ends.
-    pub tensor_info_end: u64,
-    /// Absolute offset of the data section (`tensor_info_end` rounded up to `alignment`).
-    pub data_offset: u64,
-    /// Length of the parsed byte slice.
-    pub file_size: u64,
-    /// True when every byte that is neither header nor tensor data is zero.
-    pub zero_padding: bool,
+impl GgufFile {
+    /// Parses and validates a whole GGUF file held in `bytes`.
+    pub fn parse(bytes: &[u8]) -> Result<GgufFile> {
+        let (metadata, table) = parse_layout(bytes, Values::Decode)?;
+        Ok(GgufFile { metadata, table })
+    }
+}
+
+impl std::ops::Deref for GgufFile {
+    type Target = TensorTable;
+
+    fn deref(&self) -> &TensorTable {
+        &self.table
+    }
 }
 
 impl TensorTable {
@@ -130,37 +135,6 @@ impl TensorTable {
         Ok(parse_layout(bytes, Values::Skip)?.1)
     }
 
-    /// The bytes of `tensor` inside `bytes` (the slice this table was read from).
-    pub fn tensor_data<'a>(&self, bytes: &'a [u8], tensor: &TensorInfo) -> Result<&'a [u8]> {
-        tensor_data(bytes, self.data_offset, tensor)
-    }
-}
-
-impl GgufFile {
-    /// Parses and validates a whole GGUF file held in `bytes`.
-    pub fn parse(bytes: &[u8]) -> Result<GgufFile> {
-        let (metadata, table) = parse_layout(bytes, Values::Decode)?;
-        let TensorTable {
-            version,
-            alignment,
-            tensors,
-            tensor_info_end,
-            data_offset,
-            file_size,
-            zero_padding,
-        } = table;
-        Ok(GgufFile {
-            version,
-            metadata,
-            alignment,
-            tensors,
-            tensor_info_end,
-            data_offset,
-            file_size,
-            zero_padding,
-        })
-    }
-
     pub fn tensor_count(&self) -> usize {
         self.tensors.len()
     }
@@ -170,9 +144,20 @@ impl GgufFile {
         self.tensors.iter().find(|t| t.name == name)
     }
 
-    /// The bytes of `tensor` inside `bytes` (the slice this file was parsed from).
+    /// The bytes of `tensor` inside `bytes` (the slice this table was read from).
     pub fn tensor_data<'a>(&self, bytes: &'a [u8], tensor: &TensorInfo) -> Result<&'a [u8]> {
-        tensor_data(bytes, self.data_offset, tensor)
+        let start = self
+            .data_offset
+            .checked_add(tensor.offset)
+            .and_then(|s| usize::try_from(s).ok());
+        let end = start.and_then(|s| s.checked_add(usize::try_from(tensor.size).ok()?));
+        match (start, end) {
+            (Some(s), Some(e)) if e <= bytes.len() => Ok(&bytes[s..e]),
+            _ => Err(Error::gguf(format!(
+                "tensor `{}` lies outside the given bytes",
+                tensor.name
+            ))),
+        }
     }
 }
 
@@ -235,21 +220,6 @@ fn parse_layout(bytes: &[u8], values: Values) -> Result<(Metadata, TensorTable)>
         zero_padding,
     };
     Ok((metadata, table))
-}
-
-/// The bytes of `tensor` in a GGUF file's `bytes` whose data section starts at `data_offset`.
-fn tensor_data<'a>(bytes: &'a [u8], data_offset: u64, tensor: &TensorInfo) -> Result<&'a [u8]> {
-    let start = data_offset
-        .checked_add(tensor.offset)
-        .and_then(|s| usize::try_from(s).ok());
-    let end = start.and_then(|s| s.checked_add(usize::try_from(tensor.size).ok()?));
-    match (start, end) {
-        (Some(s), Some(e)) if e <= bytes.len() => Ok(&bytes[s..e]),
-        _ => Err(Error::gguf(format!(
-            "tensor `{}` lies outside the given bytes",
-            tensor.name
-        ))),
-    }
 }
 
 /// Rounds `x` up to a multiple of `align` (a power of two); `None` on overflow.
