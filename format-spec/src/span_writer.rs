@@ -145,7 +145,6 @@ impl<'a> Segments<'a> {
 
 /// `write_all` for gathered slices: repeats the vectored write until every slice is out.
 fn write_all_vectored(file: &mut File, mut slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
-    IoSlice::advance_slices(&mut slices, 0); // drop leading empty slices
     while !slices.is_empty() {
         match file.write_vectored(slices) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),

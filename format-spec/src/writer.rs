@@ -128,7 +128,14 @@ pub fn write_smq_parts(
     } = parts;
     let (entries, data_len) = layout(tensors)?;
     let mut out = AtomicFile::create(path)?;
-    let offsets: Vec<u64> = entries.iter().map(|e| e.offset).collect();
+    let parts: Vec<Part<'_>> = tensors
+        .iter()
+        .zip(&entries)
+        .map(|(t, e)| Part {
+            offset: DATA_ALIGNMENT + e.offset,
+            bytes: t.bytes,
+        })
+        .collect();
     // Set when the sections cannot be finished: the copy is pointless then.
     let stop = AtomicBool::new(false);
     let (data, sections) = std::thread::scope(|s| {
@@ -144,7 +151,7 @@ pub fn write_smq_parts(
             }
             sections
         });
-        let data = write_data(&mut out, tensors, &offsets, data_len, progress, &stop);
+        let data = write_data(&mut out, &parts, data_len, progress, &stop);
         if data.is_err() {
             stop.store(true, Ordering::Relaxed);
         }
@@ -298,26 +305,17 @@ fn finish_sections(
 }
 
 /// Writes the header placeholder, the zeros up to the data section and the data section
-/// itself: tensors at their offsets (relative to the data section), zero padding between,
-/// in aligned spans (see [`span_writer`]). Write-back is requested after every span, from
+/// itself: the tensors' `parts` at their file offsets, zero padding between, in aligned
+/// spans (see [`span_writer`]). Write-back is requested after every span, from
 /// a thread of its own so that the kernel's block allocation and I/O submission for it
 /// run beside the copy. Returns early, without an error, once `stop` is set.
 fn write_data(
     out: &mut AtomicFile,
-    tensors: &[TensorInput<'_>],
-    offsets: &[u64],
+    parts: &[Part<'_>],
     data_len: u64,
     progress: &(dyn Fn(u64, u64) + Sync),
     stop: &AtomicBool,
 ) -> std::io::Result<()> {
-    let parts: Vec<Part<'_>> = tensors
-        .iter()
-        .zip(offsets)
-        .map(|(t, &offset)| Part {
-            offset: DATA_ALIGNMENT + offset,
-            bytes: t.bytes,
-        })
-        .collect();
     let flusher_file = out.file().try_clone()?;
     let (requests, pending) = std::sync::mpsc::channel::<(u64, u64)>();
     std::thread::scope(|s| {
@@ -328,7 +326,7 @@ fn write_data(
         });
         // File offset up to which write-back has been requested.
         let mut flushed = 0u64;
-        let written = write_spans(out.file(), &parts, DATA_ALIGNMENT + data_len, |written| {
+        let written = write_spans(out.file(), parts, DATA_ALIGNMENT + data_len, |written| {
             // The flusher only ends with this scope, so the send cannot fail.
             let _ = requests.send((flushed, written - flushed));
             flushed = written;

@@ -385,8 +385,8 @@ fn read_tensor_infos(c: &mut Cursor<'_>, count: u64, alignment: u64) -> Result<V
     let mut tensors = Vec::with_capacity(count as usize);
     let mut names = HashSet::with_capacity(count as usize);
     for i in 0..count {
-        let name = c.str(|| format!("name of tensor {i}"))?.to_owned();
-        if !names.insert(name.clone()) {
+        let name = c.str(|| format!("name of tensor {i}"))?;
+        if !names.insert(name) {
             return Err(Error::gguf(format!("duplicate tensor name `{name}`")));
         }
         let n_dims = c.u32("tensor dimension count")?;
@@ -432,7 +432,7 @@ fn read_tensor_infos(c: &mut Cursor<'_>, count: u64, alignment: u64) -> Result<V
             )));
         }
         tensors.push(TensorInfo {
-            name,
+            name: name.to_owned(),
             ggml_type,
             shape,
             offset,
